@@ -1,0 +1,84 @@
+/* Borda guest ABI v1 and the kernel library's declarations.
+ *
+ * Every pointer is an offset into this module's linear memory; the host writes
+ * inputs into buffers it got from borda_alloc and reads outputs back. Nothing in
+ * guest/ allocates except the arena (runtime/arena.c). */
+#ifndef BORDA_H
+#define BORDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define BORDA_EXPORT(name) __attribute__((export_name(name)))
+#define BORDA_ABI_VERSION 1
+
+/* ---- Q8_0: GGUF's block, 32 int8 values along K with one f16 scale. ---- */
+#define QK8_0 32
+typedef struct {
+    uint16_t d;          /* f16 scale */
+    int8_t qs[QK8_0];
+} block_q8_0;
+_Static_assert(sizeof(block_q8_0) == 34, "block_q8_0 must match GGUF (34 bytes)");
+
+/* Kernels do not read GGUF blocks directly: a Q8_0 matrix is repacked once into
+ * planar arrays so that SIMD loads are aligned and scales are f32.
+ *   qs[rows][k]        int8 weights, bit-identical to the GGUF block bytes
+ *   d[rows][k/32]      f32 block scales (exact conversion of the f16 scale)
+ *   s[rows][k/32]      int16 sum of the 32 int8 weights of each block
+ * The block sums let the relaxed dot product run with activations offset into
+ * [1,127] (see quantize_act): dot(w, q) = dot(w, q + 64) - 64 * sum(w). */
+typedef struct {
+    const int8_t *qs;
+    const float *d;
+    const int16_t *s;
+    int rows, k;
+} q8_matrix;
+
+/* Activations quantized per token in blocks of 32: q = round(x / dx) in
+ * [-63,63], stored offset as u = q + 64 in [1,127], the range in which
+ * i32x4.relaxed_dot_i8x16_i7x16_add is exact on every engine. */
+#define ACT_OFFSET 64
+#define ACT_QMAX 63
+
+/* ---- arena (runtime/arena.c) ---- */
+void *arena_alloc(size_t nbytes); /* 64-byte aligned, NULL on failure */
+void arena_reset(void);
+uintptr_t arena_mark(void);          /* current top, for arena_release */
+void arena_release(uintptr_t mark);  /* free everything allocated after mark */
+
+/* ---- math (kernels/math.c): freestanding replacements for libm ---- */
+float borda_expf(float x);
+float borda_erff(float x);
+void borda_sincosf(float x, float *s, float *c);
+float borda_sqrtf(float x);
+float borda_roundf(float x); /* half away from zero, like C roundf */
+uint16_t f32_to_f16(float x);  /* round to nearest even, like numpy */
+float f16_to_f32(uint16_t h);
+
+/* ---- kernels (kernels/*.c); each has a numpy twin in the host ---- */
+void quantize_q8_0(const float *x, block_q8_0 *out, int n);
+void dequantize_q8_0(const block_q8_0 *blocks, float *y, int n);
+void repack_q8_0(const block_q8_0 *blocks, int8_t *qs, float *d, int16_t *s, int nblocks);
+void quantize_act(const float *x, int8_t *u, float *dx, int n_tokens, int k);
+
+void gemm_q8_0(const q8_matrix *w, const int8_t *xu, const float *xd, float *y, int n_tokens);
+void gemv_q8_0_i16(const q8_matrix *w, const int8_t *xu, const float *xd, float *y);
+void gemm_f32(const float *x, const float *w, const float *bias, float *y, int n_tokens, int rows,
+              int k);
+
+void rmsnorm(const float *x, const float *w, float *y, int n_tokens, int dim, float eps);
+void layernorm(const float *x, const float *w, const float *b, float *y, int n_tokens, int dim,
+               float eps);
+void rope(float *x, int n_tokens, int n_heads, int head_dim, int pos0, const float *inv_freq,
+          int interleaved);
+void softmax(float *x, int rows, int n);
+void silu(float *x, int n);
+void swiglu(const float *gate, const float *up, float *y, int n);
+void gelu(float *x, int n);
+void attention(const float *q, const float *k_cache, const float *v_cache, float *out,
+               int n_tokens, int n_heads, int n_kv_heads, int head_dim, int kv_stride, int pos0,
+               int n_kv, int causal, float scale);
+void embed_q8_0(const int8_t *qs, const float *d, const int32_t *ids, float *out, int n_ids,
+                int dim);
+
+#endif

@@ -1,0 +1,41 @@
+"""Borda: small language models inside WebAssembly sandboxes.
+
+The arithmetic runs as Wasm inside Wasmtime, so memory limits and deadlines cover
+inference itself. Start with `borda.kernels` (a numpy API over the sandboxed kernels).
+"""
+
+from .engine import EngineConfig
+from .errors import (
+    BordaError,
+    ContextOverflow,
+    GuestABIError,
+    GuestError,
+    GuestTrap,
+    InvalidInput,
+    ModelFormatError,
+    QuotaExceeded,
+    SandboxMemoryLimit,
+    SandboxTimeout,
+    UnsupportedModel,
+)
+from .sandbox import Limits, Sandbox
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BordaError",
+    "ContextOverflow",
+    "EngineConfig",
+    "GuestABIError",
+    "GuestError",
+    "GuestTrap",
+    "InvalidInput",
+    "Limits",
+    "ModelFormatError",
+    "QuotaExceeded",
+    "Sandbox",
+    "SandboxMemoryLimit",
+    "SandboxTimeout",
+    "UnsupportedModel",
+    "__version__",
+]
