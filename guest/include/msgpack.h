@@ -54,6 +54,7 @@ typedef enum {
 typedef struct {
     const uint8_t *start, *p, *end;
     int err;
+    uint32_t err_at; /* offset of the byte where err was detected */
 } mp_reader;
 
 void mp_reader_init(mp_reader *r, const void *buf, uint32_t len);

@@ -1,0 +1,139 @@
+"""Kernel benchmark, one thread, Borda beside numpy float32 in the same run.
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_kernels.py
+
+Prints Q8_0 GEMV bandwidth on a >= 128 MB matrix (decode), Q8_0 GEMM throughput for 64
+tokens (prefill), the relaxed-dot vs i16 inner loops, the cost of epoch interruption,
+and the overhead of one Python -> Wasm call, each as a ratio against its peer.
+"""
+
+from __future__ import annotations
+
+import os
+
+for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = "1"  # numpy's BLAS on one thread, like the sandbox
+
+import argparse
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from borda import EngineConfig, Limits
+from borda.kernels import Kernels, ResidentQ8
+from borda.quant import QK
+
+
+def best_of(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm up: page in, JIT caches
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def random_q8_0(rng: np.random.Generator, rows: int, k: int) -> np.ndarray:
+    """GGUF Q8_0 bytes of a random matrix, built directly (quantizing 128M values is slow)."""
+    nb = k // QK
+    scales = (rng.random((rows * nb, 1), dtype=np.float32) * 0.01 + 0.001).astype(np.float16)
+    qs = rng.integers(-127, 128, (rows * nb, QK), dtype=np.int8)
+    return np.concatenate([scales.view(np.uint8), qs.view(np.uint8)], axis=1).reshape(rows, nb * 34)
+
+
+class KernelCall:
+    """Times one kernel export directly: activations quantized once, weights resident."""
+
+    def __init__(self, kernels: Kernels, w: ResidentQ8, tokens: int, rng: np.random.Generator):
+        self.kernels, self.w, self.tokens = kernels, w, tokens
+        x = rng.standard_normal((tokens, w.k)).astype(np.float32)
+        box = kernels.sandbox
+        xp = box.alloc(x.nbytes)
+        box.memory.write(xp, x)
+        self.u, self.xd = box.alloc(x.size), box.alloc(x.size // QK * 4)
+        self.y = box.alloc(tokens * w.rows * 4)
+        box.call("borda_quantize_act", xp, self.u, self.xd, tokens, w.k)
+
+    def gemm(self) -> None:
+        w = self.w
+        args = (w.qs, w.d, w.s, self.u, self.xd, self.y, w.rows, w.k)
+        self.kernels.sandbox.call("borda_gemm_q8_0", *args, self.tokens)
+
+    def gemv_i16(self) -> None:
+        w = self.w
+        args = (w.qs, w.d, w.s, self.u, self.xd, self.y, w.rows, w.k)
+        self.kernels.sandbox.call("borda_gemv_q8_0_i16", *args)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gemv-rows", type=int, default=16384)
+    parser.add_argument("--gemv-k", type=int, default=8192)
+    parser.add_argument("--gemm", type=int, default=4096, help="rows = K of the GEMM matrix")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=10)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    limits = Limits(memory_bytes=(4 << 30) - (1 << 16), timeout=600)
+
+    # -- GEMV: decode, memory-bound ---------------------------------------------------
+    rows, k = args.gemv_rows, args.gemv_k
+    w_q8 = random_q8_0(rng, rows, k)
+    borda = Kernels(limits)
+    no_epoch = Kernels(limits, EngineConfig(epoch_interruption=False))
+    gemv = KernelCall(borda, borda.upload_q8_0(w_q8), 1, rng)
+    gemv_plain = KernelCall(no_epoch, no_epoch.upload_q8_0(w_q8), 1, rng)
+    del w_q8
+    planar_bytes = rows * k + rows * (k // QK) * (4 + 2)
+    t_relaxed = best_of(gemv.gemm, args.repeat)
+    t_i16 = best_of(gemv.gemv_i16, args.repeat)
+    t_no_epoch = best_of(gemv_plain.gemm, args.repeat)
+    w_f32 = rng.standard_normal((rows, k), dtype=np.float32)
+    x_f32 = rng.standard_normal(k, dtype=np.float32)
+    t_numpy = best_of(lambda: w_f32 @ x_f32, args.repeat)
+    del w_f32
+    mb = planar_bytes / 1e6
+    print(f"GEMV Q8_0 {rows}x{k}, 1 thread, {mb:.0f} MB of weights read per call")
+    print(f"  borda relaxed-dot  {t_relaxed * 1e3:7.2f} ms  {planar_bytes / t_relaxed / 1e9:6.2f} GB/s")
+    print(f"  borda i16 dot      {t_i16 * 1e3:7.2f} ms  {planar_bytes / t_i16 / 1e9:6.2f} GB/s"
+          f"  relaxed/i16 speed-up {t_i16 / t_relaxed:.2f}x")
+    print(f"  numpy f32 GEMV     {t_numpy * 1e3:7.2f} ms  {rows * k * 4 / t_numpy / 1e9:6.2f} GB/s"
+          f" ({rows * k * 4 / 1e6:.0f} MB)")
+    print(f"  ratio borda/numpy speed: {t_numpy / t_relaxed:.2f}x (target >= 2.5x)")
+    print(f"  epoch interruption cost: {(t_relaxed / t_no_epoch - 1) * 100:+.1f}% "
+          f"({t_no_epoch * 1e3:.2f} ms without) (target <= 10%)")
+    del gemv, gemv_plain, borda, no_epoch
+
+    # -- GEMM: prefill, compute-bound -------------------------------------------------
+    n, tokens = args.gemm, args.tokens
+    kernels = Kernels(limits)
+    gemm = KernelCall(kernels, kernels.upload_q8_0(random_q8_0(rng, n, n)), tokens, rng)
+    t_gemm = best_of(gemm.gemm, args.repeat)
+    w_f32 = rng.standard_normal((n, n), dtype=np.float32)
+    x_f32 = rng.standard_normal((tokens, n), dtype=np.float32)
+    t_numpy = best_of(lambda: x_f32 @ w_f32.T, args.repeat)
+    ops = 2 * n * n * tokens
+    print(f"GEMM Q8_0 {n}x{n} x {tokens} tokens, 1 thread")
+    print(f"  borda relaxed-dot  {t_gemm * 1e3:7.2f} ms  {ops / t_gemm / 1e9:6.1f} GOP/s")
+    print(f"  numpy f32 GEMM     {t_numpy * 1e3:7.2f} ms  {ops / t_numpy / 1e9:6.1f} GFLOP/s")
+    print(f"  ratio borda/numpy speed: {t_numpy / t_gemm:.2f}x (target >= 1.0x)")
+
+    # -- the cost of crossing into the sandbox ----------------------------------------
+    calls = 20000
+    box = kernels.sandbox
+    start = time.perf_counter()
+    for _ in range(calls):
+        box.call("borda_abi_version")
+    t_call = (time.perf_counter() - start) / calls
+    start = time.perf_counter()
+    for _ in range(calls):
+        int(np.int32(1))  # a trivial Python-level call, the floor
+    t_floor = (time.perf_counter() - start) / calls
+    print(f"Python -> Wasm call overhead: {t_call * 1e6:.1f} us per call "
+          f"(Sandbox.call with deadline re-armed; {t_call / t_floor:.0f}x a trivial Python call)")
+
+
+if __name__ == "__main__":
+    main()

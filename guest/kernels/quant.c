@@ -1,0 +1,102 @@
+/* Q8_0 weight (de)quantization, repacking to the planar layout, and the
+ * per-token activation quantization feeding gemm_q8_0. */
+#include "borda.h"
+
+#include <wasm_simd128.h>
+
+#include "simd_math.h"
+
+/* max |x| over 32 floats */
+static float absmax32(const float *x) {
+    v128_t m = wasm_f32x4_abs(wasm_v128_load(x));
+    for (int j = 4; j < 32; j += 4) m = wasm_f32x4_max(m, wasm_f32x4_abs(wasm_v128_load(x + j)));
+    return hmax_f32x4(m);
+}
+
+/* q = roundf(x * id) for 32 floats -> 32 int8, optionally offset by `add`
+ * after clamping to [-qmax, qmax]. The i32 -> i8 narrowing saturates, which
+ * never triggers because |q| <= 127 already. */
+static void round_block32(const float *x, float id, int qmax, int add, int8_t *out) {
+    v128_t vid = wasm_f32x4_splat(id);
+    v128_t lo = wasm_i32x4_splat(-qmax), hi = wasm_i32x4_splat(qmax);
+    v128_t vadd = wasm_i32x4_splat(add);
+    for (int j = 0; j < 32; j += 16) {
+        v128_t q[4];
+        for (int i = 0; i < 4; i++) {
+            v128_t r = round_away_f32x4(wasm_f32x4_mul(wasm_v128_load(x + j + 4 * i), vid));
+            v128_t qi = wasm_i32x4_trunc_sat_f32x4(r);
+            qi = wasm_i32x4_min(wasm_i32x4_max(qi, lo), hi);
+            q[i] = wasm_i32x4_add(qi, vadd);
+        }
+        v128_t q01 = wasm_i16x8_narrow_i32x4(q[0], q[1]);
+        v128_t q23 = wasm_i16x8_narrow_i32x4(q[2], q[3]);
+        wasm_v128_store(out + j, wasm_i8x16_narrow_i16x8(q01, q23));
+    }
+}
+
+/* Bit-identical to ggml's quantize_row_q8_0_ref (and gguf-py): d = amax/127,
+ * q = roundf(x/d) computed as x * (1/d), scale stored as f16. */
+void quantize_q8_0(const float *x, block_q8_0 *out, int n) {
+    int nb = n / QK8_0;
+    for (int b = 0; b < nb; b++) {
+        const float *xb = x + b * QK8_0;
+        float d = absmax32(xb) / 127.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        int8_t q[QK8_0];
+        round_block32(xb, id, 127, 0, q);
+        out[b].d = f32_to_f16(d);
+        wasm_v128_store(out[b].qs, wasm_v128_load(q));
+        wasm_v128_store(out[b].qs + 16, wasm_v128_load(q + 16));
+    }
+}
+
+/* 16 int8 * scale -> 16 floats */
+static void dequant16(const int8_t *q, float d, float *y) {
+    v128_t v = wasm_v128_load(q);
+    v128_t lo = wasm_i16x8_extend_low_i8x16(v), hi = wasm_i16x8_extend_high_i8x16(v);
+    v128_t vd = wasm_f32x4_splat(d);
+    wasm_v128_store(y + 0, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_low_i16x8(lo)), vd));
+    wasm_v128_store(y + 4, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_high_i16x8(lo)), vd));
+    wasm_v128_store(y + 8, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_low_i16x8(hi)), vd));
+    wasm_v128_store(y + 12, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_high_i16x8(hi)), vd));
+}
+
+void dequantize_q8_0(const block_q8_0 *blocks, float *y, int n) {
+    int nb = n / QK8_0;
+    for (int b = 0; b < nb; b++) {
+        float d = f16_to_f32(blocks[b].d);
+        dequant16(blocks[b].qs, d, y + b * QK8_0);
+        dequant16(blocks[b].qs + 16, d, y + b * QK8_0 + 16);
+    }
+}
+
+/* GGUF blocks -> planar qs / f32 d / int16 block sums (see borda.h). */
+void repack_q8_0(const block_q8_0 *blocks, int8_t *qs, float *d, int16_t *s, int nblocks) {
+    for (int b = 0; b < nblocks; b++) {
+        v128_t q0 = wasm_v128_load(blocks[b].qs), q1 = wasm_v128_load(blocks[b].qs + 16);
+        wasm_v128_store(qs + b * QK8_0, q0);
+        wasm_v128_store(qs + b * QK8_0 + 16, q1);
+        v128_t s16 = wasm_i16x8_add(wasm_i16x8_extadd_pairwise_i8x16(q0),
+                                    wasm_i16x8_extadd_pairwise_i8x16(q1)); /* |lane| <= 512 */
+        v128_t s32 = wasm_i32x4_extadd_pairwise_i16x8(s16);
+        s32 = wasm_i32x4_add(s32, wasm_i32x4_shuffle(s32, s32, 2, 3, 0, 1));
+        s32 = wasm_i32x4_add(s32, wasm_i32x4_shuffle(s32, s32, 1, 0, 3, 2));
+        s[b] = (int16_t)wasm_i32x4_extract_lane(s32, 0);
+        d[b] = f16_to_f32(blocks[b].d);
+    }
+}
+
+/* Per token, per block of 32: d = amax/63, u = clamp(roundf(x/d), -63, 63) + 64
+ * in [1,127] (see ACT_OFFSET in borda.h). */
+void quantize_act(const float *x, int8_t *u, float *dx, int n_tokens, int k) {
+    int nb = k / QK8_0;
+    for (int t = 0; t < n_tokens; t++) {
+        for (int b = 0; b < nb; b++) {
+            const float *xb = x + (size_t)t * k + b * QK8_0;
+            float d = absmax32(xb) / (float)ACT_QMAX;
+            float id = d != 0.0f ? 1.0f / d : 0.0f;
+            round_block32(xb, id, ACT_QMAX, ACT_OFFSET, u + (size_t)t * k + b * QK8_0);
+            dx[(size_t)t * nb + b] = d;
+        }
+    }
+}

@@ -1,0 +1,120 @@
+/* Small inline helpers shared by the kernels: f32x4 exp, erf in double,
+ * horizontal sums, half-away-from-zero rounding. */
+#ifndef BORDA_SIMD_MATH_H
+#define BORDA_SIMD_MATH_H
+
+#include <wasm_simd128.h>
+
+/* Sum of the 4 lanes. */
+static inline float hsum_f32x4(v128_t v) {
+    v128_t t = wasm_f32x4_add(v, wasm_i32x4_shuffle(v, v, 2, 3, 0, 1));
+    t = wasm_f32x4_add(t, wasm_i32x4_shuffle(t, t, 1, 0, 3, 2));
+    return wasm_f32x4_extract_lane(t, 0);
+}
+
+static inline float hmax_f32x4(v128_t v) {
+    v128_t t = wasm_f32x4_max(v, wasm_i32x4_shuffle(v, v, 2, 3, 0, 1));
+    t = wasm_f32x4_max(t, wasm_i32x4_shuffle(t, t, 1, 0, 3, 2));
+    return wasm_f32x4_extract_lane(t, 0);
+}
+
+/* Transpose-and-add: returns [sum(a), sum(b), sum(c), sum(d)] of four i32x4. */
+static inline v128_t hsum4_i32x4(v128_t a, v128_t b, v128_t c, v128_t d) {
+    v128_t ab = wasm_i32x4_add(wasm_i32x4_shuffle(a, b, 0, 4, 1, 5),
+                               wasm_i32x4_shuffle(a, b, 2, 6, 3, 7)); /* a01 b01 a23 b23 */
+    v128_t cd = wasm_i32x4_add(wasm_i32x4_shuffle(c, d, 0, 4, 1, 5),
+                               wasm_i32x4_shuffle(c, d, 2, 6, 3, 7));
+    return wasm_i32x4_add(wasm_i32x4_shuffle(ab, cd, 0, 1, 4, 5),
+                          wasm_i32x4_shuffle(ab, cd, 2, 3, 6, 7));
+}
+
+/* Same for f32x4. */
+static inline v128_t hsum4_f32x4(v128_t a, v128_t b, v128_t c, v128_t d) {
+    v128_t ab = wasm_f32x4_add(wasm_i32x4_shuffle(a, b, 0, 4, 1, 5),
+                               wasm_i32x4_shuffle(a, b, 2, 6, 3, 7));
+    v128_t cd = wasm_f32x4_add(wasm_i32x4_shuffle(c, d, 0, 4, 1, 5),
+                               wasm_i32x4_shuffle(c, d, 2, 6, 3, 7));
+    return wasm_f32x4_add(wasm_i32x4_shuffle(ab, cd, 0, 1, 4, 5),
+                          wasm_i32x4_shuffle(ab, cd, 2, 3, 6, 7));
+}
+
+/* roundf (half away from zero) per lane, as floor(a) + floor(2*(a - floor(a)))
+ * with the sign put back; bit-identical to borda_roundf / gguf's np_roundf. */
+static inline v128_t round_away_f32x4(v128_t x) {
+    v128_t a = wasm_f32x4_abs(x);
+    v128_t f = wasm_f32x4_floor(a);
+    v128_t frac2 = wasm_f32x4_add(wasm_f32x4_sub(a, f), wasm_f32x4_sub(a, f));
+    v128_t r = wasm_f32x4_add(f, wasm_f32x4_floor(frac2));
+    v128_t sign = wasm_v128_and(x, wasm_i32x4_splat((int32_t)0x80000000u));
+    return wasm_v128_or(r, sign);
+}
+
+/* exp per lane, ~2 ulp. n = round(x*log2e), r = x - n*ln2 with ln2 split in a
+ * hi part with 8 significant bits (n*LN2_HI is exact) and a lo part; degree-7
+ * Taylor on |r| <= 0.35; 2^n applied as two factors 2^(n/2) * 2^(n-n/2) so
+ * that results in the subnormal range and overflow to inf come out right. */
+static inline v128_t exp_f32x4(v128_t x) {
+    x = wasm_f32x4_min(wasm_f32x4_max(x, wasm_f32x4_splat(-104.0f)), wasm_f32x4_splat(89.0f));
+    v128_t n = wasm_f32x4_nearest(wasm_f32x4_mul(x, wasm_f32x4_splat(1.44269504088896341f)));
+    v128_t r = wasm_f32x4_sub(x, wasm_f32x4_mul(n, wasm_f32x4_splat(0.693359375f)));
+    r = wasm_f32x4_sub(r, wasm_f32x4_mul(n, wasm_f32x4_splat(-2.12194440e-4f)));
+    v128_t p = wasm_f32x4_splat(1.0f / 5040.0f);
+    p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(1.0f / 720.0f));
+    p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(1.0f / 120.0f));
+    p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(1.0f / 24.0f));
+    p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(1.0f / 6.0f));
+    p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(0.5f));
+    p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(1.0f));
+    p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(1.0f));
+    v128_t ni = wasm_i32x4_trunc_sat_f32x4(n); /* exact: n is integral, |n| <= 150 */
+    v128_t n1 = wasm_i32x4_shr(ni, 1);
+    v128_t n2 = wasm_i32x4_sub(ni, n1);
+    v128_t s1 = wasm_i32x4_shl(wasm_i32x4_add(n1, wasm_i32x4_splat(127)), 23);
+    v128_t s2 = wasm_i32x4_shl(wasm_i32x4_add(n2, wasm_i32x4_splat(127)), 23);
+    return wasm_f32x4_mul(wasm_f32x4_mul(p, s1), s2);
+}
+
+/* erf(x) = x * P(u), u = 2x^2/3.9^2 - 1, for |x| <= 3.9; +-1 beyond (there
+ * 1 - erf(x) < 3.5e-8). P is a degree-18 Chebyshev fit converted to powers of
+ * u (coefficients <= 0.37, so Horner in u is well conditioned); max abs error
+ * 2.4e-10 in double. */
+#define ERF_X_MAX 3.9
+#define ERF_NCOEF 19
+static const double ERF_COEF[ERF_NCOEF] = {
+    0.36258398085170063,     -0.18101105050459695,   0.13469001014906673,
+    -0.10953350594032352,    0.090693056325168886,   -0.073793958640016394,
+    0.057718086170226807,    -0.042799438476164103,  0.029876740812555477,
+    -0.019607381287846705,   0.012018428584235142,   -0.0067777595325584222,
+    0.0036678247195403297,   -0.0020638990583598743, 0.00097715367925575963,
+    -0.0002575094066673143,  0.00011667385593614024, -0.00013995688206691856,
+    5.2752131834997758e-05,
+};
+
+static inline double erf_f64_inline(double x) {
+    if (x > ERF_X_MAX) return 1.0;
+    if (x < -ERF_X_MAX) return -1.0;
+    double u = x * x * (2.0 / (ERF_X_MAX * ERF_X_MAX)) - 1.0;
+    double p = ERF_COEF[ERF_NCOEF - 1];
+    for (int i = ERF_NCOEF - 2; i >= 0; i--) p = p * u + ERF_COEF[i];
+    return x * p;
+}
+
+/* Same on two doubles at once. */
+static inline v128_t erf_f64x2(v128_t x) {
+    v128_t lim = wasm_f64x2_splat(ERF_X_MAX);
+    v128_t xc = wasm_f64x2_min(wasm_f64x2_max(x, wasm_f64x2_neg(lim)), lim);
+    v128_t u = wasm_f64x2_sub(
+        wasm_f64x2_mul(wasm_f64x2_mul(xc, xc), wasm_f64x2_splat(2.0 / (ERF_X_MAX * ERF_X_MAX))),
+        wasm_f64x2_splat(1.0));
+    v128_t p = wasm_f64x2_splat(ERF_COEF[ERF_NCOEF - 1]);
+    for (int i = ERF_NCOEF - 2; i >= 0; i--)
+        p = wasm_f64x2_add(wasm_f64x2_mul(p, u), wasm_f64x2_splat(ERF_COEF[i]));
+    v128_t r = wasm_f64x2_mul(xc, p);
+    /* beyond the fit range the answer is exactly +-1 */
+    v128_t big = wasm_f64x2_gt(wasm_f64x2_abs(x), lim);
+    v128_t one = wasm_v128_or(wasm_f64x2_splat(1.0),
+                              wasm_v128_and(x, wasm_i64x2_splat((int64_t)0x8000000000000000ull)));
+    return wasm_v128_bitselect(one, r, big);
+}
+
+#endif

@@ -1,0 +1,97 @@
+"""Packaging: the wheel carries the guest runtimes and works outside the checkout;
+compiled artifacts are cached and only trusted when Borda wrote them intact."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from borda import modcache
+from borda.cli import main
+from borda.runtimes import runtime_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_wheel_contains_the_wasm_modules_and_runs_kernels(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(ROOT)],
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("borda-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "borda/wasm_modules/borda_kernels.wasm" in names
+    assert "borda/wasm_modules/SHA256SUMS" in names
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
+    )
+    script = (
+        "import numpy as np, borda.kernels as bk, borda.runtimes as r;"
+        "w = bk.quantize_q8_0(np.eye(32, dtype=np.float32));"
+        "y = bk.matmul_q8_0(np.arange(32, dtype=np.float32)[None] - 16, w);"
+        "print(r.modules_dir(), float(y[0, 31]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, check=True,
+                         capture_output=True, text=True).stdout
+    directory, value = out.split()
+    assert directory.startswith(str(target))
+    assert float(value) == pytest.approx(15.0, rel=0.02)
+
+
+def test_compiled_module_is_cached_on_disk_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BORDA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(modcache, "_memo", {})
+    modcache.load_module(runtime_bytes("borda_kernels"))
+    (artifact,) = (tmp_path / "compiled").glob("*.cwasm")
+    assert (tmp_path / "compiled").stat().st_mode & 0o077 == 0
+
+    compiled: list[bytes] = []
+    real_module = modcache.wasmtime.Module
+    monkeypatch.setattr(modcache, "_memo", {})
+    monkeypatch.setattr(modcache.wasmtime, "Module", _Spy(real_module, compiled))
+    modcache.load_module(runtime_bytes("borda_kernels"))
+    assert compiled == []  # deserialized, not compiled
+
+    artifact.write_bytes(artifact.read_bytes()[:-1] + b"\0")  # corrupt one byte
+    monkeypatch.setattr(modcache, "_memo", {})
+    modcache.load_module(runtime_bytes("borda_kernels"))
+    assert len(compiled) == 1  # the corrupt artifact was not deserialized
+
+
+class _Spy:
+    """Stands in for wasmtime.Module: records compilations, passes everything through."""
+
+    def __init__(self, real: type, log: list[bytes]) -> None:
+        self._real, self._log = real, log
+
+    def __call__(self, engine: object, wasm: bytes) -> object:
+        self._log.append(wasm)
+        return self._real(engine, wasm)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+
+def test_cli_demo_multiplies_inside_the_sandbox() -> None:
+    result = CliRunner().invoke(main, ["demo", "--rows", "64", "--k", "64"])
+    assert result.exit_code == 0, result.output
+    error = float(result.output.split("largest output: ")[1])
+    assert error < 0.02
+
+
+def test_cli_user_error_is_one_line_and_exit_code_2() -> None:
+    result = CliRunner().invoke(main, ["demo", "--k", "48"])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1
+    assert "multiple of 32" in result.output
