@@ -16,6 +16,8 @@ def guest_wasm(name: str) -> bytes:
 
 
 @pytest.fixture(autouse=True)
-def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _private_cache_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Compiled-module artifacts go to a per-session temp dir, never the user's cache."""
     monkeypatch.setenv("BORDA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "borda-cache"))

@@ -50,7 +50,9 @@ SEEDS = st.integers(0, 2**31 - 1)
 
 @SETTINGS
 @given(seed=SEEDS, rows=st.integers(1, 9), blocks=st.integers(1, 12), style=STYLES)
-def test_quantize_q8_0_is_bit_identical_to_gguf(seed: int, rows: int, blocks: int, style: str) -> None:
+def test_quantize_q8_0_is_bit_identical_to_gguf(
+    seed: int, rows: int, blocks: int, style: str
+) -> None:
     w = weights(seed, rows, blocks * 32, style)
     expected = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0)
     np.testing.assert_array_equal(kernels().quantize_q8_0(w), expected)
@@ -60,7 +62,9 @@ def test_quantize_q8_0_is_bit_identical_to_gguf(seed: int, rows: int, blocks: in
 @SETTINGS
 @given(seed=SEEDS, rows=st.integers(1, 9), blocks=st.integers(1, 12), style=STYLES)
 def test_dequantize_q8_0_matches_gguf(seed: int, rows: int, blocks: int, style: str) -> None:
-    q = gguf.quants.quantize(weights(seed, rows, blocks * 32, style), gguf.GGMLQuantizationType.Q8_0)
+    q = gguf.quants.quantize(
+        weights(seed, rows, blocks * 32, style), gguf.GGMLQuantizationType.Q8_0
+    )
     expected = gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0)
     np.testing.assert_array_equal(kernels().dequantize_q8_0(q), expected)
 
@@ -69,7 +73,10 @@ def q8_0_bytes(scales: np.ndarray, qs: np.ndarray) -> np.ndarray:
     """Hand-made GGUF Q8_0 rows from f16 scales (rows, nb) and int8 values (rows, nb*32)."""
     rows, nb = scales.shape
     blocks = np.concatenate(
-        [scales.astype(np.float16).reshape(-1, 1).view(np.uint8), qs.reshape(-1, 32).view(np.uint8)],
+        [
+            scales.astype(np.float16).reshape(-1, 1).view(np.uint8),
+            qs.reshape(-1, 32).view(np.uint8),
+        ],
         axis=1,
     )
     return blocks.reshape(rows, nb * 34)
@@ -77,7 +84,9 @@ def q8_0_bytes(scales: np.ndarray, qs: np.ndarray) -> np.ndarray:
 
 @SETTINGS
 @given(seed=SEEDS, rows=st.integers(1, 13), blocks=st.integers(1, 16), tokens=st.integers(1, 9))
-def test_q8_0_matmul_integer_dot_products_are_exact(seed: int, rows: int, blocks: int, tokens: int) -> None:
+def test_q8_0_matmul_integer_dot_products_are_exact(
+    seed: int, rows: int, blocks: int, tokens: int
+) -> None:
     # Unit scales and activations whose block maximum is exactly 63 quantize without
     # rounding (d = 1), so every output is an integer dot product, exact in f32 (< 2**24).
     rng = rng_for(seed)
@@ -130,7 +139,13 @@ def test_k_not_a_multiple_of_32_is_rejected_with_a_clear_error() -> None:
 
 
 @SETTINGS
-@given(seed=SEEDS, tokens=st.integers(1, 9), rows=st.integers(1, 40), k=st.integers(1, 70), bias=st.booleans())
+@given(
+    seed=SEEDS,
+    tokens=st.integers(1, 9),
+    rows=st.integers(1, 40),
+    k=st.integers(1, 70),
+    bias=st.booleans(),
+)
 def test_f32_matmul_matches_torch(seed: int, tokens: int, rows: int, k: int, bias: bool) -> None:
     rng = rng_for(seed)
     x, w = rng.standard_normal((tokens, k)), rng.standard_normal((rows, k))
@@ -146,7 +161,10 @@ def test_rmsnorm_matches_transformers(seed: int, tokens: int, dim: int) -> None:
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
     rng = rng_for(seed)
-    x, w = rng.standard_normal((tokens, dim)).astype(np.float32), rng.standard_normal(dim).astype(np.float32)
+    x, w = (
+        rng.standard_normal((tokens, dim)).astype(np.float32),
+        rng.standard_normal(dim).astype(np.float32),
+    )
     norm = LlamaRMSNorm(dim, eps=1e-5)
     norm.weight.data = torch.tensor(w)
     expected = norm(torch.tensor(x)).detach().numpy()
@@ -160,11 +178,15 @@ def test_layernorm_matches_torch(seed: int, tokens: int, dim: int) -> None:
     x = (rng.standard_normal((tokens, dim)) * 3 + 1).astype(np.float32)
     w, b = rng.standard_normal(dim).astype(np.float32), rng.standard_normal(dim).astype(np.float32)
     expected = F.layer_norm(torch.tensor(x), (dim,), torch.tensor(w), torch.tensor(b), eps=1e-12)
-    np.testing.assert_allclose(kernels().layernorm(x, w, b, 1e-12), expected.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        kernels().layernorm(x, w, b, 1e-12), expected.numpy(), rtol=1e-4, atol=1e-5
+    )
 
 
 @SETTINGS
-@given(seed=SEEDS, rows=st.integers(1, 5), n=st.integers(1, 200), spread=st.sampled_from([1.0, 30.0]))
+@given(
+    seed=SEEDS, rows=st.integers(1, 5), n=st.integers(1, 200), spread=st.sampled_from([1.0, 30.0])
+)
 def test_softmax_matches_torch(seed: int, rows: int, n: int, spread: float) -> None:
     x = (rng_for(seed).standard_normal((rows, n)) * spread).astype(np.float32)
     expected = torch.softmax(torch.tensor(x), dim=-1).numpy()
@@ -183,7 +205,9 @@ def test_activations_match_torch(seed: int, n: int) -> None:
     np.testing.assert_allclose(kernels().swiglu(x, up), expected, rtol=1e-5, atol=1e-6)
 
 
-def torch_rope_interleaved(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
+def torch_rope_interleaved(
+    x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray
+) -> np.ndarray:
     """Meta's original formulation: rotate adjacent pairs as complex numbers."""
     angles = torch.outer(torch.tensor(positions, dtype=torch.float32), torch.tensor(inv_freq))
     rot = torch.polar(torch.ones_like(angles), angles)[:, None, :]
@@ -213,7 +237,9 @@ def test_rope_matches_transformers_and_metas_pairs(
     got = kernels().rope(x, pos0, theta)
     np.testing.assert_allclose(got, expected[0].transpose(0, 1).numpy(), rtol=1e-4, atol=1e-4)
     got = kernels().rope(x, pos0, theta, interleaved=True)
-    np.testing.assert_allclose(got, torch_rope_interleaved(x, positions, inv_freq), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        got, torch_rope_interleaved(x, positions, inv_freq), rtol=1e-4, atol=1e-4
+    )
 
 
 @SETTINGS
@@ -245,7 +271,9 @@ def test_attention_matches_torch_sdpa(
 
 def test_embedding_rows_match_gguf_dequantization() -> None:
     rng = rng_for(3)
-    table = gguf.quants.quantize(rng.standard_normal((50, 96)).astype(np.float32), gguf.GGMLQuantizationType.Q8_0)
+    table = gguf.quants.quantize(
+        rng.standard_normal((50, 96)).astype(np.float32), gguf.GGMLQuantizationType.Q8_0
+    )
     ids = np.array([0, 49, 7, 7, 13])
     expected = gguf.quants.dequantize(table, gguf.GGMLQuantizationType.Q8_0)[ids]
     np.testing.assert_array_equal(kernels().embed_q8_0(table, ids), expected)
@@ -255,7 +283,10 @@ def test_embedding_rows_match_gguf_dequantization() -> None:
 
 def test_generic_invoke_agrees_with_the_direct_export() -> None:
     rng = rng_for(4)
-    x, w = rng.standard_normal((3, 64)).astype(np.float32), rng.standard_normal(64).astype(np.float32)
+    x, w = (
+        rng.standard_normal((3, 64)).astype(np.float32),
+        rng.standard_normal(64).astype(np.float32),
+    )
     box = bk.Kernels().sandbox
     _, out = box.invoke("rmsnorm", {"eps": 1e-6}, {"x": x, "w": w})
     np.testing.assert_array_equal(out["y"], kernels().rmsnorm(x, w, 1e-6))

@@ -22,8 +22,18 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_wheel_contains_the_wasm_modules_and_runs_kernels(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
     )
     (wheel,) = tmp_path.glob("borda-*.whl")
@@ -32,7 +42,17 @@ def test_wheel_contains_the_wasm_modules_and_runs_kernels(tmp_path: Path) -> Non
     assert "borda/wasm_modules/SHA256SUMS" in names
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
         check=True,
     )
     script = (
@@ -42,14 +62,22 @@ def test_wheel_contains_the_wasm_modules_and_runs_kernels(tmp_path: Path) -> Non
         "print(r.modules_dir(), float(y[0, 31]))"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
-    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     directory, value = out.split()
     assert directory.startswith(str(target))
     assert float(value) == pytest.approx(15.0, rel=0.02)
 
 
-def test_compiled_module_is_cached_on_disk_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_module_is_cached_on_disk_and_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("BORDA_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(modcache, "_memo", {})
     modcache.load_module(runtime_bytes("borda_kernels"))
@@ -63,7 +91,9 @@ def test_compiled_module_is_cached_on_disk_and_reused(tmp_path: Path, monkeypatc
     modcache.load_module(runtime_bytes("borda_kernels"))
     assert compiled == []  # deserialized, not compiled
 
-    artifact.write_bytes(artifact.read_bytes()[:-1] + b"\0")  # corrupt one byte
+    blob = bytearray(artifact.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # corrupt one byte
+    artifact.write_bytes(bytes(blob))
     monkeypatch.setattr(modcache, "_memo", {})
     modcache.load_module(runtime_bytes("borda_kernels"))
     assert len(compiled) == 1  # the corrupt artifact was not deserialized

@@ -55,7 +55,7 @@ float borda_roundf(float x); /* half away from zero, like C roundf */
 uint16_t f32_to_f16(float x);  /* round to nearest even, like numpy */
 float f16_to_f32(uint16_t h);
 
-/* ---- kernels (kernels/*.c); each has a numpy twin in the host ---- */
+/* ---- kernels (kernels/), each with a numpy twin in the host ---- */
 void quantize_q8_0(const float *x, block_q8_0 *out, int n);
 void dequantize_q8_0(const block_q8_0 *blocks, float *y, int n);
 void repack_q8_0(const block_q8_0 *blocks, int8_t *qs, float *d, int16_t *s, int nblocks);

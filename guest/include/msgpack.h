@@ -9,7 +9,7 @@
  * Request: a msgpack map
  *   {"fn": str,                       required
  *    "args": {name: value},           optional; numbers may be any int or float encoding
- *    "tensors": {name: {"dtype": "f32"|"i32"|"i16"|"i8"|"u8",
+ *    "tensors": {name: {"dtype": "f32"|"f16"|"i32"|"i16"|"i8"|"u8",
  *                       "shape": [d0, ..] (0..4 dims, each >= 0),
  *                       "ptr": int | "data": bin}}}   exactly one of ptr / data
  *   Unknown keys (top level, args, tensors, tensor fields) are errors, so typos fail loudly.
@@ -112,7 +112,7 @@ uint32_t borda_vfmt(char *buf, uint32_t cap, const char *fmt, va_list ap);
 
 /* ---- tensors ---- */
 #define BORDA_MAX_DIMS 4
-enum { BORDA_F32 = 0, BORDA_I32, BORDA_I16, BORDA_I8, BORDA_U8, BORDA_N_DTYPES };
+enum { BORDA_F32 = 0, BORDA_F16, BORDA_I32, BORDA_I16, BORDA_I8, BORDA_U8, BORDA_N_DTYPES };
 const char *borda_dtype_name(int dtype);
 uint32_t borda_dtype_size(int dtype);
 

@@ -50,23 +50,12 @@ void quantize_q8_0(const float *x, block_q8_0 *out, int n) {
     }
 }
 
-/* 16 int8 * scale -> 16 floats */
-static void dequant16(const int8_t *q, float d, float *y) {
-    v128_t v = wasm_v128_load(q);
-    v128_t lo = wasm_i16x8_extend_low_i8x16(v), hi = wasm_i16x8_extend_high_i8x16(v);
-    v128_t vd = wasm_f32x4_splat(d);
-    wasm_v128_store(y + 0, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_low_i16x8(lo)), vd));
-    wasm_v128_store(y + 4, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_high_i16x8(lo)), vd));
-    wasm_v128_store(y + 8, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_low_i16x8(hi)), vd));
-    wasm_v128_store(y + 12, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_high_i16x8(hi)), vd));
-}
-
 void dequantize_q8_0(const block_q8_0 *blocks, float *y, int n) {
     int nb = n / QK8_0;
     for (int b = 0; b < nb; b++) {
         float d = f16_to_f32(blocks[b].d);
-        dequant16(blocks[b].qs, d, y + b * QK8_0);
-        dequant16(blocks[b].qs + 16, d, y + b * QK8_0 + 16);
+        dequant16_f32(blocks[b].qs, d, y + b * QK8_0);
+        dequant16_f32(blocks[b].qs + 16, d, y + b * QK8_0 + 16);
     }
 }
 

@@ -3,6 +3,7 @@
 #ifndef BORDA_SIMD_MATH_H
 #define BORDA_SIMD_MATH_H
 
+#include <stdint.h>
 #include <wasm_simd128.h>
 
 /* Sum of the 4 lanes. */
@@ -54,7 +55,7 @@ static inline v128_t round_away_f32x4(v128_t x) {
  * Taylor on |r| <= 0.35; 2^n applied as two factors 2^(n/2) * 2^(n-n/2) so
  * that results in the subnormal range and overflow to inf come out right. */
 static inline v128_t exp_f32x4(v128_t x) {
-    x = wasm_f32x4_min(wasm_f32x4_max(x, wasm_f32x4_splat(-104.0f)), wasm_f32x4_splat(89.0f));
+    x = wasm_f32x4_min(wasm_f32x4_max(x, wasm_f32x4_splat(-110.0f)), wasm_f32x4_splat(89.0f));
     v128_t n = wasm_f32x4_nearest(wasm_f32x4_mul(x, wasm_f32x4_splat(1.44269504088896341f)));
     v128_t r = wasm_f32x4_sub(x, wasm_f32x4_mul(n, wasm_f32x4_splat(0.693359375f)));
     r = wasm_f32x4_sub(r, wasm_f32x4_mul(n, wasm_f32x4_splat(-2.12194440e-4f)));
@@ -66,7 +67,7 @@ static inline v128_t exp_f32x4(v128_t x) {
     p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(0.5f));
     p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(1.0f));
     p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(1.0f));
-    v128_t ni = wasm_i32x4_trunc_sat_f32x4(n); /* exact: n is integral, |n| <= 150 */
+    v128_t ni = wasm_i32x4_trunc_sat_f32x4(n); /* exact: n is integral, in [-159, 129] */
     v128_t n1 = wasm_i32x4_shr(ni, 1);
     v128_t n2 = wasm_i32x4_sub(ni, n1);
     v128_t s1 = wasm_i32x4_shl(wasm_i32x4_add(n1, wasm_i32x4_splat(127)), 23);
@@ -115,6 +116,17 @@ static inline v128_t erf_f64x2(v128_t x) {
     v128_t one = wasm_v128_or(wasm_f64x2_splat(1.0),
                               wasm_v128_and(x, wasm_i64x2_splat((int64_t)0x8000000000000000ull)));
     return wasm_v128_bitselect(one, r, big);
+}
+
+/* 16 int8 * scale -> 16 floats */
+static inline void dequant16_f32(const int8_t *q, float d, float *y) {
+    v128_t v = wasm_v128_load(q);
+    v128_t lo = wasm_i16x8_extend_low_i8x16(v), hi = wasm_i16x8_extend_high_i8x16(v);
+    v128_t vd = wasm_f32x4_splat(d);
+    wasm_v128_store(y + 0, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_low_i16x8(lo)), vd));
+    wasm_v128_store(y + 4, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_high_i16x8(lo)), vd));
+    wasm_v128_store(y + 8, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_low_i16x8(hi)), vd));
+    wasm_v128_store(y + 12, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_high_i16x8(hi)), vd));
 }
 
 #endif

@@ -8,12 +8,12 @@
  *   fn               tensors (all required)          args        y
  *   quantize_q8_0    x f32, n % 32 == 0 elements      -           u8 [n/32*34]
  *   dequantize_q8_0  x u8, nblocks*34 bytes           n (check)   f32 [nblocks*32]
- *   rmsnorm          x f32 [.., dim], w f32 [dim]     eps=1e-5    f32, shape of x
- *   layernorm        x f32 [.., dim], w, b f32 [dim]  eps=1e-5    f32, shape of x
+ *   rmsnorm          x f32 [.., dim], w f32 [dim]     eps=1e-6    f32, shape of x
+ *   layernorm        x f32 [.., dim], w, b f32 [dim]  eps=1e-12   f32, shape of x
  *   softmax          x f32 [.., n]  (rows of n)       -           f32, shape of x
  *   silu, gelu       x f32, any shape                 -           f32, shape of x
- * Tensors are matched by element count (w may be [dim] or [1, dim]). Unknown tensor
- * or arg names are errors. */
+ * w and b are checked by element count (w may be [dim] or [1, dim]); eps defaults
+ * match borda.kernels. Unknown tensor or arg names are errors. */
 #include "borda.h"
 #include "msgpack.h"
 
@@ -32,6 +32,7 @@ typedef struct {
     const char *args[3];
     int x_dtype, x_align;   /* x_align: the kernel reads x as a struct (block_q8_0) */
     int out, rowwise, inplace;
+    double eps;             /* default of arg eps */
     void (*run)(const call *c);
 } fn_def;
 
@@ -46,13 +47,13 @@ static void run_silu(const call *c) { silu(c->y, c->n); }
 static void run_gelu(const call *c) { gelu(c->y, c->n); }
 
 static const fn_def fns[] = {
-    {"quantize_q8_0", {"x"}, {0}, BORDA_F32, 4, OUT_Q8, 0, 0, run_quantize},
-    {"dequantize_q8_0", {"x"}, {"n"}, BORDA_U8, 2, OUT_DEQ, 0, 0, run_dequantize},
-    {"rmsnorm", {"x", "w"}, {"eps"}, BORDA_F32, 4, OUT_SAME, 1, 0, run_rmsnorm},
-    {"layernorm", {"x", "w", "b"}, {"eps"}, BORDA_F32, 4, OUT_SAME, 1, 0, run_layernorm},
-    {"softmax", {"x"}, {0}, BORDA_F32, 4, OUT_SAME, 1, 1, run_softmax},
-    {"silu", {"x"}, {0}, BORDA_F32, 4, OUT_SAME, 0, 1, run_silu},
-    {"gelu", {"x"}, {0}, BORDA_F32, 4, OUT_SAME, 0, 1, run_gelu},
+    {"quantize_q8_0", {"x"}, {0}, BORDA_F32, 4, OUT_Q8, 0, 0, 0, run_quantize},
+    {"dequantize_q8_0", {"x"}, {"n"}, BORDA_U8, 2, OUT_DEQ, 0, 0, 0, run_dequantize},
+    {"rmsnorm", {"x", "w"}, {"eps"}, BORDA_F32, 4, OUT_SAME, 1, 0, 1e-6, run_rmsnorm},
+    {"layernorm", {"x", "w", "b"}, {"eps"}, BORDA_F32, 4, OUT_SAME, 1, 0, 1e-12, run_layernorm},
+    {"softmax", {"x"}, {0}, BORDA_F32, 4, OUT_SAME, 1, 1, 0, run_softmax},
+    {"silu", {"x"}, {0}, BORDA_F32, 4, OUT_SAME, 0, 1, 0, run_silu},
+    {"gelu", {"x"}, {0}, BORDA_F32, 4, OUT_SAME, 0, 1, 0, run_gelu},
 };
 #define N_FNS ((int)(sizeof fns / sizeof fns[0]))
 
@@ -119,7 +120,7 @@ static int plan(const fn_def *f, const borda_request *rq, call *c, out_desc *o) 
             return 0;
     const borda_tensor *x = &t[0];
 
-    double eps = 1e-5;
+    double eps = f->eps;
     int64_t n = -1;
     if (!borda_arg_number(rq, "eps", &eps, err) || !borda_arg_int(rq, "n", &n, err)) return 0;
     if (!(eps >= 0 && eps <= 1e30)) return fail("arg 'eps' must be finite and >= 0");

@@ -477,8 +477,8 @@ static const struct {
     const char *name;
     uint32_t size;
 } dtypes[BORDA_N_DTYPES] = {
-    [BORDA_F32] = {"f32", 4}, [BORDA_I32] = {"i32", 4}, [BORDA_I16] = {"i16", 2},
-    [BORDA_I8] = {"i8", 1},   [BORDA_U8] = {"u8", 1},
+    [BORDA_F32] = {"f32", 4}, [BORDA_F16] = {"f16", 2}, [BORDA_I32] = {"i32", 4},
+    [BORDA_I16] = {"i16", 2}, [BORDA_I8] = {"i8", 1},   [BORDA_U8] = {"u8", 1},
 };
 
 const char *borda_dtype_name(int dtype) {
@@ -508,9 +508,13 @@ static int errf(char *err, const char *fmt, ...) {
     return 0;
 }
 
-static const char *type_name(mp_type t) {
+/* the type of the value at r, for messages (ignores an error a failed read left) */
+static const char *type_name(const mp_reader *r) {
     static const char *const names[] = {"invalid", "nil", "bool", "int", "float",
                                         "str",     "bin", "array", "map", "ext"};
+    mp_reader c = *r;
+    c.err = MP_OK;
+    mp_type t = mp_peek(&c);
     return (unsigned)t < sizeof names / sizeof names[0] ? names[t] : "?";
 }
 
@@ -523,7 +527,7 @@ int borda_check_keys(const mp_reader *map, const char *const *allowed, const cha
         const char *k;
         uint32_t klen;
         if (!mp_read_str(&c, &k, &klen))
-            return errf(err, "%s names must be strings, got %s", what, type_name(mp_peek(&c)));
+            return errf(err, "%s names must be strings, got %s", what, type_name(&c));
         uint32_t j = 0;
         while (allowed[j] && !mp_str_eq(k, klen, allowed[j])) j++;
         if (!allowed[j] || j >= 32) return errf(err, "unknown %s '%.*s'", what, (int)klen, k);
@@ -545,13 +549,13 @@ int borda_parse_request(const void *buf, uint32_t len, borda_request *rq, char *
     if (whole.p != whole.end)
         return errf(err, "malformed request: %u trailing bytes", (unsigned)(whole.end - whole.p));
     if (mp_peek(&r) != MP_T_MAP)
-        return errf(err, "request must be a map, got %s", type_name(mp_peek(&r)));
+        return errf(err, "request must be a map, got %s", type_name(&r));
     if (!borda_check_keys(&r, keys, "request key", err)) return 0;
 
     mp_reader v;
     if (mp_map_find(&r, "fn", &v) != 1) return errf(err, "request has no 'fn'");
     if (!mp_read_str(&v, &rq->fn, &rq->fn_len))
-        return errf(err, "request 'fn' must be a str, got %s", type_name(mp_peek(&v)));
+        return errf(err, "request 'fn' must be a str, got %s", type_name(&v));
     static const char *const maps[2] = {"args", "tensors"};
     mp_reader *dst[2] = {&rq->args, &rq->tensors};
     for (int i = 0; i < 2; i++) {
@@ -559,7 +563,7 @@ int borda_parse_request(const void *buf, uint32_t len, borda_request *rq, char *
             mp_reader_init(dst[i], empty_map, sizeof empty_map);
         } else if (mp_peek(dst[i]) != MP_T_MAP) {
             return errf(err, "request '%s' must be a map, got %s", maps[i],
-                        type_name(mp_peek(dst[i])));
+                        type_name(dst[i]));
         }
     }
     return 1;
@@ -573,7 +577,7 @@ int borda_get_tensor(const borda_request *rq, const char *name, int dtype, uint3
     int found = mp_map_find(&rq->tensors, name, &v);
     if (found != 1) return errf(err, "missing tensor '%s'", name);
     if (mp_peek(&v) != MP_T_MAP)
-        return errf(err, "tensor '%s' must be a map, got %s", name, type_name(mp_peek(&v)));
+        return errf(err, "tensor '%s' must be a map, got %s", name, type_name(&v));
     borda_fmt(what, sizeof what, "key in tensor '%s':", name);
     if (!borda_check_keys(&v, fields, what, err)) return 0;
 
@@ -653,7 +657,7 @@ int borda_arg_number(const borda_request *rq, const char *name, double *v, char 
     mp_reader f;
     if (mp_map_find(&rq->args, name, &f) != 1) return 1;
     if (!mp_read_number(&f, v))
-        return errf(err, "arg '%s' must be a number, got %s", name, type_name(mp_peek(&f)));
+        return errf(err, "arg '%s' must be a number, got %s", name, type_name(&f));
     return 1;
 }
 
@@ -661,7 +665,7 @@ int borda_arg_int(const borda_request *rq, const char *name, int64_t *v, char *e
     mp_reader f;
     if (mp_map_find(&rq->args, name, &f) != 1) return 1;
     if (!mp_read_int(&f, v))
-        return errf(err, "arg '%s' must be an integer, got %s", name, type_name(mp_peek(&f)));
+        return errf(err, "arg '%s' must be an integer, got %s", name, type_name(&f));
     return 1;
 }
 

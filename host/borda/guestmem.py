@@ -89,7 +89,6 @@ def unpack(data: bytes, max_bytes: int) -> Any:
             data,
             raw=False,
             strict_map_key=True,
-            max_buffer_size=max(len(data), 1),
             max_str_len=max_bytes,
             max_bin_len=max_bytes,
             max_array_len=min(max_bytes, 1 << 20),

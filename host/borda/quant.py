@@ -115,5 +115,7 @@ def matmul_q8_0(x: np.ndarray, w: PlanarQ8) -> np.ndarray:
     """Reference of the guest's Q8_0 GEMM: y[t, r] = sum_b d_w d_x dot_b, in float64."""
     act = quantize_act(x)
     dots = block_dots(w, act).astype(np.float64)
-    y: np.ndarray = np.einsum("trb,rb,tb->tr", dots, w.d.astype(np.float64), act.d.astype(np.float64))
+    y: np.ndarray = np.einsum(
+        "trb,rb,tb->tr", dots, w.d.astype(np.float64), act.d.astype(np.float64)
+    )
     return y

@@ -141,9 +141,8 @@ class Sandbox:
             if not self._broken:
                 self.reset()
         if response.get("ok") is not True:
-            raise GuestError(
-                f"{self.name}: {fn}: {response.get('error', 'failed without a message')}"
-            )
+            message = response.get("error", f"{fn} failed without a message")
+            raise GuestError(f"{self.name}: {message}")
         result = response.get("result", {})
         if not isinstance(result, dict):
             raise GuestABIError(f"{self.name}: {fn}: 'result' in the response is not a map")
