@@ -18,7 +18,20 @@ static inline __attribute__((always_inline)) void tile_f32(const float *x, const
     v128_t acc[4][2];
     for (int i = 0; i < NR; i++)
         for (int t = 0; t < NT; t++) acc[i][t] = wasm_f32x4_splat(0.0f);
+    /* 8 k per iteration (two 4-wide steps) so the loop back-edge, and with
+     * it the epoch check, is amortised over 64 mul+add for the 4x2 tile */
     int j = 0;
+    for (; j + 8 <= k; j += 8) {
+        for (int jj = j; jj < j + 8; jj += 4) {
+            v128_t xv[2];
+            for (int t = 0; t < NT; t++) xv[t] = wasm_v128_load(x + (size_t)t * k + jj);
+            for (int i = 0; i < NR; i++) {
+                v128_t wv = wasm_v128_load(w + (size_t)i * k + jj);
+                for (int t = 0; t < NT; t++)
+                    acc[i][t] = wasm_f32x4_add(acc[i][t], wasm_f32x4_mul(wv, xv[t]));
+            }
+        }
+    }
     for (; j + 4 <= k; j += 4) {
         v128_t xv[2];
         for (int t = 0; t < NT; t++) xv[t] = wasm_v128_load(x + (size_t)t * k + j);
@@ -46,10 +59,11 @@ static inline __attribute__((always_inline)) void tile_f32(const float *x, const
 
 void gemm_f32(const float *x, const float *w, const float *bias, float *y, int n_tokens, int rows,
               int k) {
-    /* rows in blocks of 64 so that the block's weights (64 x k floats) are
-     * reused from cache by all tokens */
-    for (int r0 = 0; r0 < rows; r0 += 64) {
-        int r1 = r0 + 64 < rows ? r0 + 64 : rows;
+    /* rows in blocks of ~256 KB of weights, reused from L2 by all tokens */
+    int rb = 65536 / (k > 0 ? k : 1);
+    rb = rb < 4 ? 4 : rb / 4 * 4;
+    for (int r0 = 0; r0 < rows; r0 += rb) {
+        int r1 = r0 + rb < rows ? r0 + rb : rows;
         int t = 0;
         for (; t + 2 <= n_tokens; t += 2) {
             const float *xt = x + (size_t)t * k;

@@ -122,11 +122,13 @@ static inline v128_t erf_f64x2(v128_t x) {
 static inline void dequant16_f32(const int8_t *q, float d, float *y) {
     v128_t v = wasm_v128_load(q);
     v128_t lo = wasm_i16x8_extend_low_i8x16(v), hi = wasm_i16x8_extend_high_i8x16(v);
+    v128_t i0 = wasm_i32x4_extend_low_i16x8(lo), i1 = wasm_i32x4_extend_high_i16x8(lo);
+    v128_t i2 = wasm_i32x4_extend_low_i16x8(hi), i3 = wasm_i32x4_extend_high_i16x8(hi);
     v128_t vd = wasm_f32x4_splat(d);
-    wasm_v128_store(y + 0, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_low_i16x8(lo)), vd));
-    wasm_v128_store(y + 4, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_high_i16x8(lo)), vd));
-    wasm_v128_store(y + 8, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_low_i16x8(hi)), vd));
-    wasm_v128_store(y + 12, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_high_i16x8(hi)), vd));
+    wasm_v128_store(y + 0, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(i0), vd));
+    wasm_v128_store(y + 4, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(i1), vd));
+    wasm_v128_store(y + 8, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(i2), vd));
+    wasm_v128_store(y + 12, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(i3), vd));
 }
 
 #endif
