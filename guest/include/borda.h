@@ -45,6 +45,7 @@ void *arena_alloc(size_t nbytes); /* 64-byte aligned, NULL on failure */
 void arena_reset(void);
 uintptr_t arena_mark(void);          /* current top, for arena_release */
 void arena_release(uintptr_t mark);  /* free everything allocated after mark */
+void arena_start_above(uintptr_t end); /* never hand out memory below end (weights) */
 
 /* ---- math (kernels/math.c): freestanding replacements for libm ---- */
 float borda_expf(float x);

@@ -26,6 +26,13 @@ void arena_reset(void) { arena_top = 0; }
 
 uintptr_t arena_mark(void) { return arena_top; }
 
+/* Model runtimes keep weights in a data segment above __heap_base: the arena
+ * must start above them. */
+void arena_start_above(uintptr_t end) {
+    if (arena_top == 0) arena_top = align_up((uintptr_t)&__heap_base, 64);
+    if (end > arena_top) arena_top = align_up(end, 64);
+}
+
 void arena_release(uintptr_t mark) {
     if (mark <= arena_top) arena_top = mark;
 }
