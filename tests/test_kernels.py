@@ -306,3 +306,13 @@ def test_module_level_api_runs_in_a_sandbox_per_thread() -> None:
         t.join()
     assert len(results) == 2
     np.testing.assert_allclose(results[0], np.full((2, 32), 1 / 32), rtol=1e-6)
+
+
+def test_deterministic_engine_gives_the_same_q8_0_products() -> None:
+    # The int8 dot products are exact on every engine, so the deterministic-relaxed-SIMD
+    # engine must agree bit for bit with the default one.
+    rng = rng_for(5)
+    w = quant.quantize_q8_0(rng.standard_normal((33, 96)).astype(np.float32))
+    x = rng.standard_normal((3, 96)).astype(np.float32)
+    det = bk.Kernels(config=borda.EngineConfig(deterministic=True))
+    np.testing.assert_array_equal(det.matmul_q8_0(x, w), kernels().matmul_q8_0(x, w))
