@@ -22,6 +22,7 @@ ensure_venv() {
 # module name -> guest sources (relative to guest/); every module also gets runtime/
 declare -A MODULES=(
     [borda_kernels]="kernels/*.c runtime/kernel_exports.c runtime/kernel_invoke.c"
+    [borda_llama]="kernels/*.c models/llama.c"
 )
 RUNTIME="runtime/arena.c runtime/abi.c runtime/msgpack.c"
 CFLAGS=(--target=wasm32-freestanding -nostdlib -std=c11 -O3 -msimd128 -mrelaxed-simd

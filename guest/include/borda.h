@@ -41,10 +41,11 @@ typedef struct {
 #define ACT_QMAX 63
 
 /* ---- arena (runtime/arena.c) ---- */
-void *arena_alloc(size_t nbytes); /* 64-byte aligned, NULL on failure */
-void arena_reset(void);
-uintptr_t arena_mark(void);          /* current top, for arena_release */
-void arena_release(uintptr_t mark);  /* free everything allocated after mark */
+void *arena_alloc(size_t nbytes);      /* 64-byte aligned, NULL on failure */
+void arena_reset(void);                /* free all scratch (down to the floor) */
+uintptr_t arena_mark(void);            /* current top, for arena_release */
+void arena_release(uintptr_t mark);    /* free scratch allocated after mark */
+void arena_keep(void);                 /* make everything allocated so far permanent */
 void arena_start_above(uintptr_t end); /* never hand out memory below end (weights) */
 
 /* ---- math (kernels/math.c): freestanding replacements for libm ---- */

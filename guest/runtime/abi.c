@@ -15,3 +15,10 @@ BORDA_EXPORT("borda_reset") void borda_reset(void) { arena_reset(); }
 BORDA_EXPORT("borda_mark") uint32_t borda_mark(void) { return (uint32_t)arena_mark(); }
 
 BORDA_EXPORT("borda_release") void borda_release(uint32_t mark) { arena_release(mark); }
+
+/* Model files hold weights above __heap_base: the host reserves them before
+ * its first allocation so the arena never hands them out. */
+BORDA_EXPORT("borda_reserve") void borda_reserve(uint32_t end) { arena_start_above(end); }
+
+/* Make everything allocated so far permanent (a session's own buffers). */
+BORDA_EXPORT("borda_keep") void borda_keep(void) { arena_keep(); }

@@ -18,6 +18,7 @@ from .errors import (
     SandboxTimeout,
     UnsupportedModel,
 )
+from .model import Model, Session, load
 from .sandbox import Limits, Sandbox
 
 __version__ = "0.1.0"
@@ -31,11 +32,14 @@ __all__ = [
     "GuestTrap",
     "InvalidInput",
     "Limits",
+    "Model",
     "ModelFormatError",
     "QuotaExceeded",
     "Sandbox",
     "SandboxMemoryLimit",
     "SandboxTimeout",
+    "Session",
     "UnsupportedModel",
     "__version__",
+    "load",
 ]

@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -35,6 +36,103 @@ def user_errors(fn: F) -> F:
 @click.version_option(package_name="borda")
 def main() -> None:
     """Borda runs small language models inside WebAssembly sandboxes."""
+
+
+@main.command()
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The .wasm model file to write.",
+)
+@click.option(
+    "--quant",
+    type=click.Choice(["q8_0", "f32"]),
+    default="q8_0",
+    show_default=True,
+    help="Weight format: int8 blocks (4x smaller) or float32.",
+)
+@user_errors
+def pack(src: Path, output: Path, quant: str) -> None:
+    """Pack a Hugging Face model directory or a GGUF file into one .wasm model."""
+    from .formats import read_model
+    from .pack import total_weight_bytes, write_model
+
+    spec = read_model(src)
+    total = total_weight_bytes(spec, quant)
+    with click.progressbar(length=total, label=f"packing {src.name}", file=sys.stderr) as bar:
+        meta = write_model(spec, output, quant, progress=bar.update)
+    size = output.stat().st_size
+    click.echo(f"wrote {output} ({size / 2**20:.1f} MiB, {meta['arch']}, {quant})")
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-p", "--prompt", required=True, help="The prompt (a user message with --chat).")
+@click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
+@click.option("--max-tokens", default=128, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", default=0, show_default=True)
+@click.option("--top-p", default=1.0, show_default=True)
+@click.option("--seed", type=int, default=None)
+@click.option("--max-context", type=int, default=None, help="Context length of the session.")
+@click.option("--memory-limit", default=None, help="Private memory budget, e.g. 256M.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds per sandbox call.")
+@user_errors
+def run(
+    model: Path,
+    prompt: str,
+    chat: bool,
+    max_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None,
+    max_context: int | None,
+    memory_limit: str | None,
+    timeout: float,
+) -> None:
+    """Generate text with a packed .wasm model, streaming to stdout."""
+    from .model import load
+
+    session = load(model).session(
+        max_context=max_context, memory_limit=memory_limit, timeout=timeout
+    )
+    request = [{"role": "user", "content": prompt}] if chat else prompt
+    start = time.perf_counter()
+    count = 0
+    pieces = session.generate(
+        request, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+    )
+    for piece in pieces:
+        click.echo(piece, nl=False)
+        count += 1
+    elapsed = time.perf_counter() - start
+    click.echo()
+    click.echo(f"{count} pieces in {elapsed:.2f} s ({count / elapsed:.1f} tokens/s)", err=True)
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@user_errors
+def inspect(model: Path) -> None:
+    """Show what a packed .wasm model contains."""
+    from .model import read_metadata
+
+    meta = read_metadata(model)
+    config = meta["config"]
+    click.echo(f"{model}: {meta['arch']} ({meta['quant']}), runtime {meta['runtime']}")
+    click.echo(f"source: {meta['source']['name']} (sha256 {meta['source']['sha256'][:16]}...)")
+    for key in sorted(config):
+        click.echo(f"  {key}: {config[key]}")
+    weights = meta["weights"]
+    click.echo(
+        f"weights: {(weights['end'] - weights['offset']) / 2**20:.1f} MiB in "
+        f"{len(meta['tensors'])} tensors at offset {weights['offset']}"
+    )
+    click.echo(f"chat template: {'yes' if meta.get('chat_template') else 'no'}")
 
 
 @main.command()

@@ -20,6 +20,7 @@ import numpy as np
 from . import quant
 from .engine import EngineConfig
 from .errors import InvalidInput
+from .ropefreq import default_inv_freq
 from .runtimes import runtime_bytes
 from .sandbox import Limits, Sandbox
 
@@ -351,12 +352,6 @@ class Kernels:
             return self._get(out, (ids.size, dim))
         finally:
             self._release()
-
-
-def default_inv_freq(head_dim: int, theta: float) -> np.ndarray:
-    """HF's inverse frequencies: 1 / theta ** (arange(0, d, 2) / d), in float32."""
-    exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(F32) / F32(head_dim)
-    return (1.0 / (F32(theta) ** exponents)).astype(F32)
 
 
 def _as_2d(x: np.ndarray, what: str) -> np.ndarray:

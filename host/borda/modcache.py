@@ -1,11 +1,12 @@
 """Compiled-module cache: compile a Wasm module once per process and once per machine.
 
 Compiling a model-sized module takes seconds; deserializing a compiled artifact takes
-milliseconds. Artifacts live in a directory Borda owns, keyed by the module's sha256,
-the wasmtime version and the engine configuration. `Module.deserialize_file` runs
-native code from the file it is given, so it is only called on files this module wrote:
-each carries a header with the sha256 of its payload, and the directory must belong to
-the current user and be writable by nobody else.
+milliseconds and, from a file, maps the weights copy-on-write so that instances share
+them. Artifacts live in a directory Borda owns, keyed by the module's sha256, the
+wasmtime version and the engine configuration. `Module.deserialize_file` runs native
+code from the file it is given, so it is only called on files this module wrote: the
+directory must belong to the current user and be writable by nobody else, and each
+artifact must match the sha256 recorded beside it when it was written.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import stat
 import tempfile
 import threading
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
@@ -23,27 +25,50 @@ import wasmtime
 from .engine import EngineConfig, get_engine
 from .errors import GuestABIError
 
-_MAGIC = b"BORDA-CWASM-1\n"
 _memo: dict[tuple[str, EngineConfig], wasmtime.Module] = {}
 _memo_lock = threading.Lock()
+_CHUNK = 1 << 20
+Compile = Callable[[wasmtime.Engine], wasmtime.Module]
 
 
 def cache_dir() -> Path:
-    """Where compiled artifacts live: $BORDA_CACHE_DIR, else ~/.cache/borda/compiled."""
+    """Where compiled artifacts live: $BORDA_CACHE_DIR/compiled, else ~/.cache/borda/compiled."""
     root = os.environ.get("BORDA_CACHE_DIR") or Path.home() / ".cache" / "borda"
     return Path(root) / "compiled"
 
 
 def load_module(wasm: bytes, config: EngineConfig | None = None) -> wasmtime.Module:
-    """Return the compiled Module for `wasm`, from memory, from disk, or freshly compiled."""
-    config = config or EngineConfig()
-    digest = hashlib.sha256(wasm).hexdigest()
+    """The compiled Module for `wasm`: from memory, from the disk cache, or compiled now."""
+    return _load(
+        hashlib.sha256(wasm).hexdigest(),
+        config or EngineConfig(),
+        lambda e: wasmtime.Module(e, wasm),
+    )
+
+
+def load_module_file(
+    path: Path, digest: str, config: EngineConfig | None = None
+) -> wasmtime.Module:
+    """Like load_module for a (large) file whose sha256 the caller already computed."""
+    return _load(
+        digest, config or EngineConfig(), lambda e: wasmtime.Module.from_file(e, str(path))
+    )
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load(digest: str, config: EngineConfig, compile_fn: Compile) -> wasmtime.Module:
     key = (digest, config)
     with _memo_lock:
         module = _memo.get(key)
         if module is None:
-            module = _load_or_compile(wasm, digest, config)
-            _memo[key] = module
+            module = _memo[key] = _load_or_compile(digest, config, compile_fn)
     return module
 
 
@@ -52,59 +77,55 @@ def _artifact_path(digest: str, config: EngineConfig) -> Path:
     return cache_dir() / f"{digest}-{tag}.cwasm"
 
 
-def _load_or_compile(wasm: bytes, digest: str, config: EngineConfig) -> wasmtime.Module:
+def _load_or_compile(digest: str, config: EngineConfig, compile_fn: Compile) -> wasmtime.Module:
     engine = get_engine(config)
     path = _artifact_path(digest, config)
-    payload = _read_artifact(path) if _trusted_dir(path.parent) else None
-    if payload is not None:
+    if _trusted_artifact(path):
         try:
-            return wasmtime.Module.deserialize(engine, payload)
+            return wasmtime.Module.deserialize_file(engine, str(path))
         except wasmtime.WasmtimeError:
-            pass  # written by an incompatible build; recompile and overwrite
+            pass  # written by an incompatible build: compile again and overwrite
     try:
-        module = wasmtime.Module(engine, wasm)
+        module = compile_fn(engine)
     except wasmtime.WasmtimeError as exc:
-        raise GuestABIError(f"not a valid Wasm module: {_first_line(exc)}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid module"
+        raise GuestABIError(f"not a valid Wasm module: {first}") from None
     _write_artifact(path, bytes(module.serialize()))
     return module
 
 
-def _read_artifact(path: Path) -> bytes | None:
+def _trusted_artifact(path: Path) -> bool:
+    """Written by Borda: in a private directory, intact against its recorded sha256."""
+    if not _private_dir(path.parent):
+        return False
     try:
-        blob = path.read_bytes()
+        recorded = path.with_suffix(".sha256").read_text().strip()
+        return file_sha256(path) == recorded
     except OSError:
-        return None
-    head = len(_MAGIC) + 32
-    if len(blob) < head or not blob.startswith(_MAGIC):
-        return None
-    payload = blob[head:]
-    if hashlib.sha256(payload).digest() != blob[len(_MAGIC) : head]:
-        return None
-    return payload
+        return False
 
 
 def _write_artifact(path: Path, payload: bytes) -> None:
     """Best effort: a read-only or foreign cache directory only costs recompiling."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not _trusted_dir(path.parent):
+        if not _private_dir(path.parent):
             return
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".cwasm")
-        with os.fdopen(fd, "wb") as f:
-            f.write(_MAGIC + hashlib.sha256(payload).digest() + payload)
-        os.replace(tmp, path)
+        for target, data in (
+            (path, payload),
+            (path.with_suffix(".sha256"), hashlib.sha256(payload).hexdigest().encode()),
+        ):
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
     except OSError:
         return
 
 
-def _trusted_dir(directory: Path) -> bool:
+def _private_dir(directory: Path) -> bool:
     try:
         st = directory.stat()
     except OSError:
         return False
-    owned = st.st_uid == os.getuid()
-    return owned and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return st.st_uid == os.getuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)

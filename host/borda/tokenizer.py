@@ -1,0 +1,41 @@
+"""Text <-> token ids with a `tokenizers` Tokenizer, and decoding that streams valid UTF-8."""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer
+
+
+class StreamDecoder:
+    """Turns token ids into text pieces as they arrive; never splits a UTF-8 character.
+
+    Byte-level tokenizers emit a character's bytes across several tokens: a piece is
+    released only when the decoded text no longer ends in U+FFFD (an incomplete sequence).
+    Decoding a short window, not the whole history, keeps each step O(1).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True) -> None:
+        self._tokenizer = tokenizer
+        self._skip = skip_special_tokens
+        self._ids: list[int] = []
+        self._prefix = 0  # start of the decode window
+        self._read = 0  # ids before this have been released as text
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=self._skip)
+
+    def push(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        prefix_text = self._decode(self._ids[self._prefix : self._read])
+        text = self._decode(self._ids[self._prefix :])
+        if len(text) > len(prefix_text) and not text.endswith("\ufffd"):
+            piece = text[len(prefix_text) :]
+            self._prefix, self._read = self._read, len(self._ids)
+            return piece
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is left (possibly an incomplete character, rendered as U+FFFD)."""
+        prefix_text = self._decode(self._ids[self._prefix : self._read])
+        text = self._decode(self._ids[self._prefix :])
+        self._prefix = self._read = len(self._ids)
+        return text[len(prefix_text) :]
