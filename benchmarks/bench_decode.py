@@ -67,7 +67,7 @@ def random_spec(c: DecoderConfig, seed: int = 0) -> ModelSpec:
             f"blk.{i}.ffn_down.weight": (c.hidden_size, c.intermediate_size),
         }
 
-    def loader(index: int, shape: tuple[int, ...]) -> TensorRef:
+    def loader(index: int, name: str, shape: tuple[int, ...]) -> TensorRef:
         def load() -> np.ndarray:
             rng = np.random.default_rng([seed, index])
             if len(shape) == 1:
@@ -76,7 +76,7 @@ def random_spec(c: DecoderConfig, seed: int = 0) -> ModelSpec:
 
         return TensorRef(name, shape, "f32", load)
 
-    tensors = {name: loader(i, shape) for i, (name, shape) in enumerate(shapes.items())}
+    tensors = {name: loader(i, name, shape) for i, (name, shape) in enumerate(shapes.items())}
     vocab = {f"t{i}": i for i in range(c.vocab_size)}
     tokenizer = Tokenizer(WordLevel(vocab, unk_token="t0"))
     return ModelSpec(c, tensors, tokenizer.to_str(), None, "random-smollm2-135m", "0" * 64)
