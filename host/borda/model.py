@@ -325,19 +325,22 @@ class Session:
         return pieces if stream else "".join(pieces)
 
     def generate_ids(
-        self, prompt_ids: Sequence[int], max_tokens: int, params: SamplingParams | None = None
+        self,
+        prompt_ids: Sequence[int],
+        max_tokens: int,
+        params: SamplingParams | None = None,
+        stop_at_eos: bool = True,
     ) -> Iterator[int]:
-        """Continue from token ids, yielding new token ids until EOS or max_tokens."""
+        """Continue from token ids (a fresh start), yielding up to max_tokens new ids."""
         self.reset()
         sampler = Sampler(params or SamplingParams())
-        eos = set(self.model.config.get("eos_token_ids") or ())
+        eos = set(self.model.config.get("eos_token_ids") or ()) if stop_at_eos else set()
         logits = self._forward(list(prompt_ids), all_logits=False)[-1]
         for produced in range(max_tokens):
             token = sampler(logits, self.history)
             yield token
-            if token in eos or produced + 1 == max_tokens:
-                return
-            if self.position >= self.max_context:
+            last = produced + 1 == max_tokens or self.position >= self.max_context
+            if token in eos or last:
                 return
             logits = self._forward([token], all_logits=False)[-1]
 

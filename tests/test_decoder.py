@@ -1,0 +1,263 @@
+"""Decoders packed into .wasm and run in the sandbox, against transformers as the oracle:
+random-initialised tiny Llama and Qwen2 models with locally trained tokenizers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from transformers import AutoModelForCausalLM
+
+import borda
+from borda.cli import main
+from borda.pack import pack
+from model_factory import TinyTokenizer, byte_level_tokenizer, make_hf_model, write_gguf
+
+torch.set_num_threads(1)
+PROMPT = "the quick brown fox 🦙 jumps over a lazy dog while we've been told it's fine"
+
+
+@dataclass(frozen=True)
+class Case:
+    arch: str
+    hidden: int
+    heads: int
+    kv_heads: int
+    tied: bool
+    intermediate: int
+
+
+CASES = {
+    "llama-gqa4-untied": Case("llama", 64, 4, 1, False, 96),
+    "llama-mha-tied": Case("llama", 128, 4, 4, True, 160),
+    "qwen2-gqa2-bias": Case("qwen2", 256, 8, 4, False, 320),
+}
+
+
+@pytest.fixture(scope="session")
+def tok() -> TinyTokenizer:
+    return byte_level_tokenizer("gpt-2")
+
+
+@pytest.fixture(scope="session", params=list(CASES))
+def hf_model(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tok: TinyTokenizer
+) -> tuple[str, Path]:
+    c = CASES[request.param]
+    root = tmp_path_factory.mktemp(request.param)
+    make_hf_model(
+        root,
+        tok,
+        c.arch,
+        tied=c.tied,
+        hidden=c.hidden,
+        heads=c.heads,
+        kv_heads=c.kv_heads,
+        intermediate=c.intermediate,
+        seed=len(request.param),
+    )
+    return request.param, root
+
+
+def packed(root: Path, quant: str) -> Path:
+    out = root.parent / f"{root.name}-{quant}.wasm"
+    if not out.exists():
+        pack(root, out, quant)
+    return out
+
+
+def reference_logits(root: Path, ids: list[int], dequantize: bool = False) -> np.ndarray:
+    model = AutoModelForCausalLM.from_pretrained(root, torch_dtype=torch.float32).eval()
+    if dequantize:  # what --quant q8_0 stores: every matrix through GGUF's Q8_0
+        q8 = gguf.GGMLQuantizationType.Q8_0
+        with torch.no_grad():
+            for _, p in model.named_parameters():
+                if p.ndim == 2:
+                    w = p.detach().numpy()
+                    p.copy_(torch.tensor(gguf.quants.dequantize(gguf.quants.quantize(w, q8), q8)))
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def prompt_ids(model: borda.Model) -> list[int]:
+    return list(model.tokenizer.encode(PROMPT * 3).ids)
+
+
+def test_vocab_is_not_a_multiple_of_32(hf_model: tuple[str, Path]) -> None:
+    model = borda.load(packed(hf_model[1], "f32"))
+    assert model.info.vocab_size % 32 != 0
+
+
+def test_f32_logits_match_transformers_at_every_position(hf_model: tuple[str, Path]) -> None:
+    model = borda.load(packed(hf_model[1], "f32"))
+    ids = prompt_ids(model)
+    assert len(ids) > 64  # more than one prefill chunk
+    got = model.session().logits(ids)
+    ref = reference_logits(hf_model[1], ids)
+    rel = np.abs(got - ref).max(axis=1) / np.abs(ref).max(axis=1)
+    assert rel.max() < 1e-4, f"worst position {rel.argmax()}: {rel.max():.2e}"
+
+
+def test_f32_greedy_generation_equals_transformers_generate(hf_model: tuple[str, Path]) -> None:
+    model = borda.load(packed(hf_model[1], "f32"))
+    ids = list(model.tokenizer.encode(PROMPT).ids)
+    hf = AutoModelForCausalLM.from_pretrained(hf_model[1], torch_dtype=torch.float32).eval()
+    expected = hf.generate(
+        torch.tensor([ids]),
+        do_sample=False,
+        max_new_tokens=32,
+        min_new_tokens=32,
+        attention_mask=torch.ones(1, len(ids)),
+    )
+    session = model.session()
+    ours = list(session.generate_ids(ids, 32, stop_at_eos=False))
+    assert ours == expected[0, len(ids) :].tolist()
+    assert list(model.session().generate_ids(ids, 32, stop_at_eos=False)) == ours  # deterministic
+
+
+def test_q8_0_logits_track_transformers_on_dequantized_weights(hf_model: tuple[str, Path]) -> None:
+    model = borda.load(packed(hf_model[1], "q8_0"))
+    ids = prompt_ids(model)
+    got = model.session().logits(ids)
+    ref = reference_logits(hf_model[1], ids, dequantize=True)
+    agreement = float((got.argmax(axis=1) == ref.argmax(axis=1)).mean())
+    # activations are quantized to 7 bits per block of 32: the only difference left
+    rel = float((np.abs(got - ref).max(axis=1) / np.abs(ref).max(axis=1)).max())
+    print(f"{hf_model[0]}: top-1 agreement {agreement:.3f}, max error {rel:.3%} of the top logit")
+    assert agreement >= 0.98
+    assert rel < 0.05
+
+
+def test_gguf_q8_0_packs_to_bitwise_identical_logits(
+    hf_model: tuple[str, Path], tok: TinyTokenizer, tmp_path: Path
+) -> None:
+    gguf_path = write_gguf(hf_model[1], tmp_path / "model.gguf", tok, "q8_0")
+    pack(gguf_path, tmp_path / "gguf.wasm", "q8_0")
+    from_gguf = borda.load(tmp_path / "gguf.wasm")
+    from_hf = borda.load(packed(hf_model[1], "q8_0"))
+    ids = prompt_ids(from_hf)
+    np.testing.assert_array_equal(from_gguf.session().logits(ids), from_hf.session().logits(ids))
+
+
+def test_streamed_pieces_are_whole_characters_and_add_up_to_the_decoded_text(
+    hf_model: tuple[str, Path],
+) -> None:
+    model = borda.load(packed(hf_model[1], "q8_0"))
+    ids = list(model.tokenizer.encode("🦙").ids)
+    pieces = list(model.session().generate(PROMPT, max_tokens=40, temperature=0.9, seed=3))
+    assert all("\ufffd" not in p for p in pieces[:-1])
+    session = model.session()
+    generated = list(
+        session.generate_ids(
+            list(model.tokenizer.encode(PROMPT).ids), 40, borda.sampling.SamplingParams(0.9, seed=3)
+        )
+    )
+    assert "".join(pieces) == model.tokenizer.decode(generated)
+    assert len(ids) > 1  # the emoji is several byte-level tokens: pieces must not split it
+
+
+def test_stop_strings_end_generation_before_the_stop_text(hf_model: tuple[str, Path]) -> None:
+    model = borda.load(packed(hf_model[1], "q8_0"))
+    full = model.session().generate(PROMPT, max_tokens=24, stream=False)
+    assert isinstance(full, str) and len(full) > 4
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    cut = model.session().generate(PROMPT, max_tokens=24, stop=[stop], stream=False)
+    assert cut == full[: full.index(stop)]
+
+
+def test_prompt_longer_than_the_context_is_a_context_overflow(hf_model: tuple[str, Path]) -> None:
+    session = borda.load(packed(hf_model[1], "q8_0")).session(max_context=16)
+    with pytest.raises(borda.ContextOverflow, match="16"):
+        list(session.generate(PROMPT * 4, max_tokens=4))
+
+
+def test_memory_budget_bounds_the_context(hf_model: tuple[str, Path]) -> None:
+    model = borda.load(packed(hf_model[1], "q8_0"))
+    per_position = model.kv_bytes_per_position()
+    budget = model.scratch_bytes() + 100 * per_position
+    assert model.session(memory_limit=budget).max_context == 100
+    with pytest.raises(borda.SandboxMemoryLimit, match="raise memory_limit"):
+        model.session(memory_limit=budget, max_context=200)
+
+
+def test_chat_messages_are_rendered_with_the_models_template(hf_model: tuple[str, Path]) -> None:
+    model = borda.load(packed(hf_model[1], "q8_0"))
+    session = model.session()
+    ids = session.encode([{"role": "user", "content": "hi"}])
+    text = model.tokenizer.decode(ids, skip_special_tokens=False)
+    assert "<|im_start|>user" in text and text.rstrip().endswith("<|im_start|>assistant")
+
+
+# -- files and the command line --------------------------------------------------------
+
+
+def test_wasm_without_borda_model_section_is_rejected(tmp_path: Path) -> None:
+    from borda.runtimes import runtime_bytes
+
+    path = tmp_path / "plain.wasm"
+    path.write_bytes(runtime_bytes("borda_kernels"))
+    with pytest.raises(borda.ModelFormatError, match=r"borda\.model"):
+        borda.load(path)
+
+
+def test_packing_is_deterministic(hf_model: tuple[str, Path], tmp_path: Path) -> None:
+    a, b = tmp_path / "a.wasm", tmp_path / "b.wasm"
+    pack(hf_model[1], a, "q8_0")
+    pack(hf_model[1], b, "q8_0")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_failed_pack_leaves_no_file_behind(
+    hf_model: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from borda import pack as pack_module
+
+    calls = 0
+    real = pack_module.tensor_bytes
+
+    def failing(*args: object) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise borda.ModelFormatError("simulated read failure")
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pack_module, "tensor_bytes", failing)
+    with pytest.raises(borda.ModelFormatError):
+        pack(hf_model[1], tmp_path / "out.wasm", "q8_0")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_pack_inspect_run(hf_model: tuple[str, Path], tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "m.wasm"
+    result = runner.invoke(main, ["pack", str(hf_model[1]), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["inspect", str(out)])
+    assert result.exit_code == 0 and "q8_0" in result.output
+    result = runner.invoke(main, ["run", str(out), "-p", PROMPT, "--max-tokens", "8"])
+    assert result.exit_code == 0, result.output
+    assert "tokens/s" in result.output
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(
+    hf_model: tuple[str, Path], tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    bad = tmp_path / "bad.wasm"
+    bad.write_bytes(b"\0asm\x01\0\0\0")
+    for args in (
+        ["run", str(bad), "-p", "x"],
+        ["inspect", str(bad)],
+        ["pack", str(tmp_path), "-o", str(tmp_path / "o.wasm")],
+        ["run", str(packed(hf_model[1], "q8_0")), "-p", PROMPT * 9, "--max-context", "8"],
+    ):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.output.count("\n") == 1 and result.output.startswith("borda: "), result.output
+    assert not (tmp_path / "o.wasm").exists()
