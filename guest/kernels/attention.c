@@ -33,16 +33,41 @@ typedef struct {
     float m, l;     /* running max and running sum of exp(score - m) */
 } attn_query;
 
-/* scores of one query against 4 consecutive K rows -> f32x4 */
+/* Always 1; a never-taken branch on it ends a basic block without a loop
+ * back-edge (see gemm_q8_0.c): Cranelift keeps a block's loads live at once,
+ * and each back-edge carries an epoch check that spills the v128 values live
+ * across it. */
+static const volatile int32_t split_basic_block = 1;
+
+#define DOT_STEP(d)                                                                 \
+    do {                                                                            \
+        v128_t qv = wasm_v128_load(q + (d));                                        \
+        a0 = wasm_f32x4_add(a0, wasm_f32x4_mul(qv, wasm_v128_load(k0 + (d))));      \
+        a1 = wasm_f32x4_add(a1, wasm_f32x4_mul(qv, wasm_v128_load(k1 + (d))));      \
+        a2 = wasm_f32x4_add(a2, wasm_f32x4_mul(qv, wasm_v128_load(k2 + (d))));      \
+        a3 = wasm_f32x4_add(a3, wasm_f32x4_mul(qv, wasm_v128_load(k3 + (d))));      \
+    } while (0)
+
+/* scores of one query against 4 consecutive K rows -> f32x4; 16 dims per
+ * iteration in two basic blocks of 8 */
 static inline v128_t dot_4rows(const float *q, const float *k, int head_dim) {
     v128_t a0 = wasm_f32x4_splat(0.0f), a1 = a0, a2 = a0, a3 = a0;
-    for (int d = 0; d < head_dim; d += 4) {
-        v128_t qv = wasm_v128_load(q + d);
-        a0 = wasm_f32x4_add(a0, wasm_f32x4_mul(qv, wasm_v128_load(k + d)));
-        a1 = wasm_f32x4_add(a1, wasm_f32x4_mul(qv, wasm_v128_load(k + head_dim + d)));
-        a2 = wasm_f32x4_add(a2, wasm_f32x4_mul(qv, wasm_v128_load(k + 2 * head_dim + d)));
-        a3 = wasm_f32x4_add(a3, wasm_f32x4_mul(qv, wasm_v128_load(k + 3 * head_dim + d)));
+    const float *k0 = k, *k1 = k + head_dim, *k2 = k + 2 * head_dim, *k3 = k + 3 * head_dim;
+    int d = 0;
+    for (; d + 32 <= head_dim; d += 32) {
+        DOT_STEP(d);
+        DOT_STEP(d + 4);
+        if (!split_basic_block) break;
+        DOT_STEP(d + 8);
+        DOT_STEP(d + 12);
+        if (!split_basic_block) break;
+        DOT_STEP(d + 16);
+        DOT_STEP(d + 20);
+        if (!split_basic_block) break;
+        DOT_STEP(d + 24);
+        DOT_STEP(d + 28);
     }
+    for (; d < head_dim; d += 4) DOT_STEP(d);
     return hsum4_f32x4(a0, a1, a2, a3);
 }
 
@@ -85,6 +110,13 @@ static float softmax_chunk(attn_query *qr, float *s) {
     return corr;
 }
 
+#define ACC_ROW(i)                                                                  \
+    do {                                                                            \
+        v128_t pj = wasm_i32x4_shuffle(pv, pv, i, i, i, i);                         \
+        a0 = wasm_f32x4_add(a0, wasm_f32x4_mul(pj, wasm_v128_load(vj + i * head_dim)));     \
+        a1 = wasm_f32x4_add(a1, wasm_f32x4_mul(pj, wasm_v128_load(vj + i * head_dim + 4))); \
+    } while (0)
+
 /* acc = acc * corr + sum_j p[j] * v_j, 8 dims (2 vectors) at a time across
  * the chunk's V rows. */
 static void accumulate_v(float *acc, float corr, const float *p, const float *v, int nj,
@@ -94,9 +126,33 @@ static void accumulate_v(float *acc, float corr, const float *p, const float *v,
     for (; d + 8 <= head_dim; d += 8) {
         v128_t a0 = wasm_f32x4_mul(wasm_v128_load(acc + d), vc);
         v128_t a1 = wasm_f32x4_mul(wasm_v128_load(acc + d + 4), vc);
-        for (int j = 0; j < nj; j++) {
+        const float *vd = v + d;
+        int j = 0;
+        for (; j + 16 <= nj; j += 16) { /* 16 V rows per iteration, 4 per basic block */
+            const float *vj = vd + (size_t)j * head_dim;
+            v128_t pv = wasm_v128_load(p + j);
+            ACC_ROW(0); ACC_ROW(1); ACC_ROW(2); ACC_ROW(3);
+            if (!split_basic_block) break;
+            vj += 4 * head_dim;
+            pv = wasm_v128_load(p + j + 4);
+            ACC_ROW(0); ACC_ROW(1); ACC_ROW(2); ACC_ROW(3);
+            if (!split_basic_block) break;
+            vj += 4 * head_dim;
+            pv = wasm_v128_load(p + j + 8);
+            ACC_ROW(0); ACC_ROW(1); ACC_ROW(2); ACC_ROW(3);
+            if (!split_basic_block) break;
+            vj += 4 * head_dim;
+            pv = wasm_v128_load(p + j + 12);
+            ACC_ROW(0); ACC_ROW(1); ACC_ROW(2); ACC_ROW(3);
+        }
+        for (; j + 4 <= nj; j += 4) {
+            const float *vj = vd + (size_t)j * head_dim;
+            v128_t pv = wasm_v128_load(p + j);
+            ACC_ROW(0); ACC_ROW(1); ACC_ROW(2); ACC_ROW(3);
+        }
+        for (; j < nj; j++) {
             v128_t pj = wasm_f32x4_splat(p[j]);
-            const float *vj = v + (size_t)j * head_dim + d;
+            const float *vj = vd + (size_t)j * head_dim;
             a0 = wasm_f32x4_add(a0, wasm_f32x4_mul(pj, wasm_v128_load(vj)));
             a1 = wasm_f32x4_add(a1, wasm_f32x4_mul(pj, wasm_v128_load(vj + 4)));
         }

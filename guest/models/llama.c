@@ -32,9 +32,10 @@ extern unsigned char __heap_base;
  *   -4  FWD_CONTEXT_FULL     pos + n_tokens > max_context
  *   -5  FWD_BAD_TOKEN        a token id outside [0, vocab_size)
  *   -6  FWD_BAD_POINTER      the tokens or logits range is outside [__heap_base, memory
- *                            size), or overlaps the weights, the KV cache or the scratch
- *                            (logits also must not overlap tokens)
- * Arguments are all checked before any work: a failed call changes nothing. */
+ *                            size) or overlaps what init allocated (KV cache, scratch),
+ *                            or logits overlap the weights or the tokens
+ * (-2 is unused.) Arguments are all checked before any work: a failed call changes
+ * nothing. */
 #define FWD_OK 0
 #define FWD_NOT_INITIALISED (-1)
 #define FWD_BAD_ARGUMENT (-3)
@@ -99,7 +100,8 @@ static uintptr_t state_lo, state_hi;        /* what init allocated: layers, KV, 
 
 /* The input of one or more matmuls: n_tokens x k floats. For q8_0 matrices it
  * is quantized on first use into s.xq / s.xd and then shared (q, k and v, or
- * gate and up, read the same input). */
+ * gate and up, read the same input). s.xq holds one input at a time: be done
+ * with an Input before the next one is used. */
 typedef struct {
     const float *x;
     int n_tokens, k;
@@ -351,6 +353,18 @@ typedef struct {
     Matrix *mat;       /* of a matrix */
 } Slot;
 
+static void layer_slot(int layer, int j, Slot *slot) {
+    char *field = (char *)&w.layers[layer] + layer_tensors[j].field;
+    slot->rows = layer_tensors[j].rows < 0 ? -1 : dim_of(layer_tensors[j].rows);
+    slot->k = dim_of(layer_tensors[j].k);
+    slot->vec = slot->rows < 0 ? (const float **)(void *)field : 0;
+    slot->mat = slot->rows < 0 ? 0 : (Matrix *)(void *)field;
+}
+
+static int slot_loaded(const Slot *slot) {
+    return slot->vec ? *slot->vec != 0 : slot->mat->rows != 0;
+}
+
 static int parse_uint(const char *p, uint32_t n, int *out) { /* canonical decimal only */
     if (n == 0 || n > 7 || (p[0] == '0' && n > 1)) return 0;
     int v = 0;
@@ -364,35 +378,65 @@ static int parse_uint(const char *p, uint32_t n, int *out) { /* canonical decima
 
 /* 1 and the slot of a known tensor name; 0 for an unknown one */
 static int find_slot(const char *name, uint32_t len, Slot *slot) {
-    slot->vec = 0;
-    slot->mat = 0;
-    slot->rows = c.vocab_size;
-    slot->k = c.dim;
+    Slot matrix = {c.vocab_size, c.dim, 0, 0}, norm = {-1, c.dim, &w.output_norm, 0};
+    *slot = matrix;
     if (mp_str_eq(name, len, "token_embd.weight")) return slot->mat = &w.token_embd, 1;
     if (mp_str_eq(name, len, "output.weight")) return slot->mat = &w.output, 1;
-    if (mp_str_eq(name, len, "output_norm.weight")) {
-        slot->rows = -1;
-        slot->vec = &w.output_norm;
-        return 1;
-    }
+    if (mp_str_eq(name, len, "output_norm.weight")) return *slot = norm, 1;
     /* blk.{i}.{suffix} */
     if (len < 6 || !mp_str_eq(name, 4, "blk.")) return 0;
     uint32_t dot = 4;
     while (dot < len && name[dot] != '.') dot++;
     int layer;
     if (dot == len || !parse_uint(name + 4, dot - 4, &layer) || layer >= c.n_layers) return 0;
-    for (int j = 0; j < N_LAYER_TENSORS; j++) {
-        if (!mp_str_eq(name + dot + 1, len - dot - 1, layer_tensors[j].name)) continue;
-        char *field = (char *)&w.layers[layer] + layer_tensors[j].field;
-        slot->rows = layer_tensors[j].rows < 0 ? -1 : dim_of(layer_tensors[j].rows);
-        slot->k = dim_of(layer_tensors[j].k);
-        if (slot->rows < 0)
-            slot->vec = (const float **)(void *)field;
-        else
-            slot->mat = (Matrix *)(void *)field;
-        return 1;
-    }
+    for (int j = 0; j < N_LAYER_TENSORS; j++)
+        if (mp_str_eq(name + dot + 1, len - dot - 1, layer_tensors[j].name)) {
+            layer_slot(layer, j, slot);
+            return 1;
+        }
     return 0;
+}
+
+/* A tensor as the request describes it. */
+typedef struct {
+    int is_q8, ndim;
+    int64_t shape[2]; /* the first two dims */
+    int64_t offset;
+} TensorDesc;
+
+/* {"dtype": "f32"|"q8_0", "shape": [..], "offset": int} */
+static int read_desc(const char *name, uint32_t len, const mp_reader *v, TensorDesc *t) {
+    static const char *const keys[] = {"dtype", "shape", "offset", 0};
+    char what[96];
+    mp_reader f;
+    if (mp_peek(v) != MP_T_MAP) return fail("weight '%.*s' must be a map", (int)len, name);
+    borda_fmt(what, sizeof what, "key in weight '%.*s':", (int)len, name);
+    if (!borda_check_keys(v, keys, what, err)) return 0;
+
+    const char *dt;
+    uint32_t dtlen;
+    if (mp_map_find(v, "dtype", &f) != 1 || !mp_read_str(&f, &dt, &dtlen))
+        return fail("weight '%.*s' needs a str 'dtype'", (int)len, name);
+    t->is_q8 = mp_str_eq(dt, dtlen, "q8_0");
+    if (!t->is_q8 && !mp_str_eq(dt, dtlen, "f32"))
+        return fail("weight '%.*s' has dtype '%.*s', expected f32 or q8_0", (int)len, name,
+                    (int)dtlen, dt);
+
+    uint32_t ndim;
+    if (mp_map_find(v, "shape", &f) != 1 || !mp_read_array(&f, &ndim))
+        return fail("weight '%.*s' needs an array 'shape'", (int)len, name);
+    t->ndim = (int)(ndim < 8 ? ndim : 8);
+    t->shape[0] = t->shape[1] = 0;
+    for (uint32_t i = 0; i < ndim; i++) {
+        int64_t d;
+        if (!mp_read_int(&f, &d))
+            return fail("weight '%.*s' dims must be integers", (int)len, name);
+        if (i < 2) t->shape[i] = d;
+    }
+
+    if (mp_map_find(v, "offset", &f) != 1 || !mp_read_int(&f, &t->offset))
+        return fail("weight '%.*s' needs an integer 'offset'", (int)len, name);
+    return 1;
 }
 
 static void format_shape(char *buf, int ndim, const int64_t *shape) {
@@ -404,81 +448,46 @@ static void format_shape(char *buf, int ndim, const int64_t *shape) {
         borda_fmt(buf, 48, "a %d-dim shape", ndim);
 }
 
-/* Reads {"dtype", "shape", "offset"} of the tensor `name` (value at v), checks it
- * against its slot and points the slot at it. */
-static int load_tensor(const char *name, uint32_t len, mp_reader *v) {
-    static const char *const keys[] = {"dtype", "shape", "offset", 0};
-    Slot slot;
-    char what[96];
-    if (!find_slot(name, len, &slot))
-        return fail("unknown weight '%.*s' (n_layers is %d)", (int)len, name, c.n_layers);
-    if ((slot.vec && *slot.vec) || (slot.mat && slot.mat->rows))
-        return fail("duplicate weight '%.*s'", (int)len, name);
-    if (mp_peek(v) != MP_T_MAP) return fail("weight '%.*s' must be a map", (int)len, name);
-    borda_fmt(what, sizeof what, "key in weight '%.*s':", (int)len, name);
-    if (!borda_check_keys(v, keys, what, err)) return 0;
-
-    /* dtype */
-    mp_reader f;
-    const char *dt;
-    uint32_t dtlen;
-    if (mp_map_find(v, "dtype", &f) != 1 || !mp_read_str(&f, &dt, &dtlen))
-        return fail("weight '%.*s' needs a str 'dtype'", (int)len, name);
-    int is_q8 = mp_str_eq(dt, dtlen, "q8_0");
-    if (!is_q8 && !mp_str_eq(dt, dtlen, "f32"))
-        return fail("weight '%.*s' has dtype '%.*s', expected f32 or q8_0", (int)len, name,
-                    (int)dtlen, dt);
-    if (is_q8 && slot.vec)
+/* Checks t against the slot (dtype, shape, extent inside the weights) and
+ * points the slot at the data. */
+static int bind(const char *name, uint32_t len, const Slot *slot, const TensorDesc *t) {
+    if (t->is_q8 && slot->vec)
         return fail("weight '%.*s' has dtype q8_0, expected f32", (int)len, name);
-
-    /* shape */
-    uint32_t ndim;
-    int64_t shape[2] = {0, 0};
-    if (mp_map_find(v, "shape", &f) != 1 || !mp_read_array(&f, &ndim))
-        return fail("weight '%.*s' needs an array 'shape'", (int)len, name);
-    for (uint32_t i = 0; i < ndim; i++) {
-        int64_t d;
-        if (!mp_read_int(&f, &d)) return fail("weight '%.*s' dims must be integers", (int)len, name);
-        if (i < 2) shape[i] = d;
-    }
-    int64_t want[2] = {slot.rows, slot.k};
-    int want_ndim = slot.vec ? 1 : 2;
-    if (slot.vec) want[0] = slot.k;
-    if ((int)ndim != want_ndim || shape[0] != want[0] || (want_ndim == 2 && shape[1] != want[1])) {
+    int64_t want[2] = {slot->vec ? slot->k : slot->rows, slot->k};
+    int want_ndim = slot->vec ? 1 : 2;
+    if (t->ndim != want_ndim || t->shape[0] != want[0] ||
+        (want_ndim == 2 && t->shape[1] != want[1])) {
         char got[48], exp[48];
-        format_shape(got, (int)ndim, shape);
+        format_shape(got, t->ndim, t->shape);
         format_shape(exp, want_ndim, want);
         return fail("%.*s has shape %s, expected %s", (int)len, name, got, exp);
     }
-    int rows = slot.vec ? 1 : slot.rows, k = slot.k;
-    if (is_q8 && k % QK8_0)
+    int rows = slot->vec ? 1 : slot->rows, k = slot->k;
+    if (t->is_q8 && k % QK8_0)
         return fail("%.*s is q8_0, but its rows (%d values) are not a multiple of %d", (int)len,
                     name, k, QK8_0);
 
-    /* offset and extent */
-    int64_t off;
-    if (mp_map_find(v, "offset", &f) != 1 || !mp_read_int(&f, &off))
-        return fail("weight '%.*s' needs an integer 'offset'", (int)len, name);
     uint64_t n = (uint64_t)rows * (uint64_t)k, nb = n / QK8_0;
-    uint64_t bytes = is_q8 ? align64(n) + align64(nb * 4) + nb * 2 : n * 4;
-    if (off < (int64_t)(uintptr_t)&__heap_base || (uint64_t)off + bytes > weights_hi)
+    uint64_t bytes = t->is_q8 ? align64(n) + align64(nb * 4) + nb * 2 : n * 4;
+    if (t->offset < (int64_t)(uintptr_t)&__heap_base || (uint64_t)t->offset + bytes > weights_hi)
         return fail("%.*s (offset %lld, %llu bytes) is outside the weights [%u, %llu)",
-                    (int)len, name, (long long)off, (unsigned long long)bytes,
+                    (int)len, name, (long long)t->offset, (unsigned long long)bytes,
                     (unsigned)(uintptr_t)&__heap_base, (unsigned long long)weights_hi);
-    if (off % 4) return fail("%.*s offset %lld is not 4-byte aligned", (int)len, name,
-                             (long long)off);
-    if ((uint64_t)off < weights_lo) weights_lo = (uintptr_t)off;
+    if (t->offset % 4)
+        return fail("%.*s offset %lld is not 4-byte aligned", (int)len, name,
+                    (long long)t->offset);
+    if ((uint64_t)t->offset < weights_lo) weights_lo = (uintptr_t)t->offset;
 
-    const char *p = (const char *)(uintptr_t)off;
-    if (slot.vec) {
-        *slot.vec = (const float *)(const void *)p;
+    const char *p = (const char *)(uintptr_t)t->offset;
+    if (slot->vec) {
+        *slot->vec = (const float *)(const void *)p;
         return 1;
     }
-    Matrix *m = slot.mat;
-    m->is_q8 = is_q8;
+    Matrix *m = slot->mat;
+    m->is_q8 = t->is_q8;
     m->rows = rows;
     m->k = k;
-    if (is_q8) {
+    if (t->is_q8) {
         m->q8.qs = (const int8_t *)p;
         m->q8.d = (const float *)(const void *)(p + align64(n));
         m->q8.s = (const int16_t *)(const void *)(p + align64(n) + align64(nb * 4));
@@ -493,13 +502,19 @@ static int load_tensor(const char *name, uint32_t len, mp_reader *v) {
 static int load_weights(const mp_reader *map) {
     mp_reader r = *map;
     uint32_t n;
-    if (mp_peek(&r) != MP_T_MAP || !mp_read_map(&r, &n)) return fail("arg 'weights' must be a map");
+    if (mp_peek(&r) != MP_T_MAP || !mp_read_map(&r, &n))
+        return fail("arg 'weights' must be a map");
     for (uint32_t i = 0; i < n; i++) {
         const char *name;
         uint32_t len;
+        Slot slot;
+        TensorDesc t;
         if (!mp_read_str(&r, &name, &len)) return fail("weight names must be strings");
-        mp_reader v = r;
-        if (!load_tensor(name, len, &v) || !mp_skip(&r)) return 0;
+        if (!find_slot(name, len, &slot))
+            return fail("unknown weight '%.*s' (n_layers is %d)", (int)len, name, c.n_layers);
+        if (slot_loaded(&slot)) return fail("duplicate weight '%.*s'", (int)len, name);
+        if (!read_desc(name, len, &r, &t) || !bind(name, len, &slot, &t)) return 0;
+        if (!mp_skip(&r)) return fail("arg 'weights' is malformed");
     }
     /* everything required is there */
     if (!w.token_embd.rows) return fail("missing weight 'token_embd.weight'");
@@ -507,11 +522,9 @@ static int load_weights(const mp_reader *map) {
     if (!w.output.rows) w.output = w.token_embd; /* tied embeddings */
     for (int l = 0; l < c.n_layers; l++)
         for (int j = 0; j < N_LAYER_TENSORS; j++) {
-            const char *field = (const char *)&w.layers[l] + layer_tensors[j].field;
-            int present = layer_tensors[j].rows < 0 ? *(const float *const *)(const void *)field
-                                                          != 0
-                                                    : ((const Matrix *)(const void *)field)->rows;
-            if (layer_tensors[j].required && !present)
+            Slot slot;
+            layer_slot(l, j, &slot);
+            if (layer_tensors[j].required && !slot_loaded(&slot))
                 return fail("missing weight 'blk.%d.%s'", l, layer_tensors[j].name);
         }
     return 1;

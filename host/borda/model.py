@@ -37,6 +37,7 @@ MAX_BATCH = 64  # prefill chunk: tokens per tiled-GEMM pass inside the guest
 # borda_forward's error codes (guest/models/llama.c)
 FORWARD_ERRORS = {
     -1: "the model runtime was not initialised",
+    -3: "the step's arguments are invalid (empty, or a gap in positions)",
     -4: "the sequence does not fit the session's context",
     -5: "a token id is outside the vocabulary",
     -6: "a buffer lies outside the sandbox's memory",
