@@ -85,7 +85,7 @@ def reference_logits(root: Path, ids: list[int], dequantize: bool = False) -> np
 
 
 def prompt_ids(model: borda.Model) -> list[int]:
-    return list(model.tokenizer.encode(PROMPT * 3).ids)
+    return list(model.tokenizer.encode(PROMPT * 5).ids)
 
 
 def test_vocab_is_not_a_multiple_of_32(hf_model: tuple[str, Path]) -> None:
