@@ -405,9 +405,10 @@ class _Meta:
 def _rope_scaling(m: _Meta, theta: float, head_dim: int, freqs: np.ndarray | None) -> Any:
     """HF-style rope scaling dict from `{arch}.rope.scaling.*` keys or a rope_freqs tensor."""
     kind = m.get("{arch}.rope.scaling.type")
-    linear = m.get("{arch}.rope.scale_linear")  # pre-2024 files
-    if kind in (None, "none") and linear is not None and float(linear) != 1.0:
-        return {"rope_type": "linear", "factor": float(linear)}
+    if kind in (None, "none") and m.get("{arch}.rope.scale_linear") is not None:
+        linear = m.float("{arch}.rope.scale_linear")  # pre-2024 files
+        if linear != 1.0:
+            return {"rope_type": "linear", "factor": linear}
     if kind == "linear":
         return {"rope_type": "linear", "factor": m.float("{arch}.rope.scaling.factor")}
     if kind == "yarn":
@@ -445,7 +446,7 @@ def _config(m: _Meta, tensors: Mapping[str, Any], n_vocab_tokens: int | None) ->
         raise UnsupportedModel(f"{m.path}: partial rotary embeddings are not supported")
     if n_heads % n_kv or head_dim % 2:
         raise ModelFormatError(f"{m.path}: {n_heads} heads, {n_kv} KV heads, head_dim {head_dim}")
-    if (m.get("{arch}.expert_count") or 0) > 0:
+    if m.get("{arch}.expert_count") not in (None, 0):
         raise UnsupportedModel(f"{m.path}: mixture-of-experts models are not supported")
     theta = m.float("{arch}.rope.freq_base", 10000.0)
 

@@ -97,6 +97,8 @@ def _numbers(meta: Mapping[str, Any], key: str, n: int, default: float, source: 
     if not isinstance(value, list) or len(value) != n:
         got = len(value) if isinstance(value, list) else type(value).__name__
         raise ModelFormatError(f"{source}: {key} has {got} entries, expected one per token ({n})")
+    if not all(isinstance(v, (int, float)) for v in value):
+        raise ModelFormatError(f"{source}: {key} must hold numbers")
     return value
 
 

@@ -388,7 +388,8 @@ def read_hf_config(root: Path, has_lm_head: bool = False) -> tuple[DecoderConfig
         raise UnsupportedModel(f"{path}: sliding-window attention is not supported")
 
     def need_int(key: str, default: int | None = None) -> int:
-        value = _int_or_none(cfg.get(key, default), key, path)
+        value = _int_or_none(cfg.get(key), key, path)
+        value = default if value is None else value
         if value is None or value <= 0:
             raise ModelFormatError(f"{path}: {key} must be a positive integer, got {value!r}")
         return value
@@ -446,7 +447,10 @@ def _chat_template(root: Path, tok_cfg: Mapping[str, Any]) -> str | None:
     """The chat template: chat_template.jinja, else tokenizer_config.json's (named 'default')."""
     jinja = root / "chat_template.jinja"
     if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelFormatError(f"{jinja}: cannot read the chat template: {e}") from None
     template = tok_cfg.get("chat_template")
     if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
@@ -475,19 +479,21 @@ def read_hf_model(path: str | Path) -> ModelSpec:
             f"{root}: tokenizer.json is missing; Borda needs the fast-tokenizer file (save the "
             "tokenizer with transformers' save_pretrained to produce it)"
         )
-    tokenizer_json = tok_path.read_text(encoding="utf-8")
     try:
         from tokenizers import Tokenizer
 
+        tokenizer_json = tok_path.read_text(encoding="utf-8")
         Tokenizer.from_str(tokenizer_json)
     except Exception as e:
         raise ModelFormatError(f"{tok_path}: not a valid tokenizers file: {e}") from None
     tok_cfg_path = root / "tokenizer_config.json"
     tok_cfg = _load_json(tok_cfg_path, "tokenizer config") if tok_cfg_path.is_file() else {}
+    map_path = root / "special_tokens_map.json"  # where older transformers put them
+    token_map = _load_json(map_path, "special tokens map") if map_path.is_file() else {}
     special = {
         key: text
         for key in ("bos_token", "eos_token", "pad_token")
-        if (text := _token_string(tok_cfg.get(key))) is not None
+        if (text := _token_string(tok_cfg.get(key, token_map.get(key)))) is not None
     }
 
     tensors: dict[str, TensorRef] = {}
