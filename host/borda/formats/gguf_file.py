@@ -31,6 +31,9 @@ SUPPORTED_ARCHES = ("llama", "qwen2")
 _T_UINT32, _T_FLOAT32, _T_STRING, _T_ARRAY = 4, 6, 8, 9
 _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _MAX_ARRAY_DEPTH = 4
+# GGUFReader visits array elements one at a time; real models hold well under a million
+# (Qwen2: 3 x 151k). A corrupt count in a multi-GB file would otherwise stall it for hours.
+_MAX_ARRAY_ELEMENTS = 1 << 23
 _MAX_DIMS = 4  # GGML_MAX_DIMS
 _HEADER_BYTES = 24  # magic, version, n_tensors, n_kv
 _MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, smallest value
@@ -70,6 +73,7 @@ class _Walker:
 
     def __init__(self, buf: mmap.mmap, path: Path) -> None:
         self.buf, self.path, self.pos, self.size = buf, path, 0, len(buf)
+        self.elements = 0  # array elements seen so far
 
     def fail(self, what: str, at: int | None = None) -> ModelFormatError:
         where = self.pos if at is None else at
@@ -134,6 +138,13 @@ class _Walker:
                     f"{self.path}: {what} at byte offset {at} claims {count} elements, more than "
                     f"the {self.size - self.pos} bytes left in the file hold; the file is "
                     "truncated or corrupt"
+                )
+            self.elements += count
+            if self.elements > _MAX_ARRAY_ELEMENTS:
+                raise self.fail(
+                    f"{what}: metadata arrays hold over {_MAX_ARRAY_ELEMENTS} elements in total, "
+                    "far more than any model's vocabulary",
+                    at,
                 )
             if etype in _SCALAR_SIZES:
                 self.pos += count * _SCALAR_SIZES[etype]
@@ -556,18 +567,18 @@ def read_gguf_model(path: str | Path) -> ModelSpec:
         dtype = _READABLE[type_name]
         tensors[name] = TensorRef(name, shape, dtype, _loader(t, dtype, shape, heads))
 
+    check_tensors(tensors, config, str(path), lambda n: n)  # first: bounds the layer count
     unexpected += sorted(set(tensors) - set(expected_tensor_shapes(config)))
     if unexpected:
         raise UnsupportedModel(
             f"{path}: unexpected tensors for {arch}: {', '.join(unexpected[:5])}"
             f"{' ...' if len(unexpected) > 5 else ''}; Borda would ignore weights the model uses"
         )
-    check_tensors(tensors, config, str(path), lambda n: n)
 
     tokenizer_json = tokenizer_json_from_gguf(meta, str(path))
     special = {}
     if isinstance(tokens, list):
-        for key, meta_key in (("bos_token", "bos"), ("eos_token", "eos"), ("pad_token", "padding")):
+        for key, meta_key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding")):
             i = meta.get(f"tokenizer.ggml.{meta_key}_token_id")
             if isinstance(i, int) and 0 <= i < len(tokens):
                 special[key] = tokens[i]

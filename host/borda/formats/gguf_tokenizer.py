@@ -64,6 +64,7 @@ _PRE_TYPES: dict[str, _PreTokenization] = {
 }
 
 SUPPORTED_PRE_TYPES = tuple(sorted(_PRE_TYPES))
+_MAX_PIECE_CHARS = 1024  # SentencePiece's own limit is 16 by default
 
 
 def _pipeline(tok: Tokenizer, p: _PreTokenization) -> None:
@@ -146,6 +147,9 @@ def _sentencepiece_merges(
     ranked: list[tuple[float, int, int, str, str]] = []
     for i, t in enumerate(tokens):
         if types[i] != NORMAL or len(t) < 2 or ids.get(t) != i:
+            continue
+        if len(t) > _MAX_PIECE_CHARS:  # splitting is quadratic in length; pieces are short
+            log.warning("token %d (%d characters) is left out of the merges", i, len(t))
             continue
         for k in range(1, len(t)):
             left, right = t[:k], t[k:]

@@ -12,7 +12,7 @@ import json
 import math
 import re
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,30 +72,31 @@ _IGNORED_RE = re.compile(r"(model\.layers\.\d+\.self_attn\.)?rotary_emb\.inv_fre
 
 def expected_tensor_shapes(config: DecoderConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor a model with `config` needs, by GGUF name, with its (rows, K) shape."""
+    return dict(_expected(config))
+
+
+def _expected(config: DecoderConfig) -> Iterator[tuple[str, tuple[int, ...]]]:
     h, hd = config.hidden_size, config.head_dim
     q, kv = config.n_heads * hd, config.n_kv_heads * hd
-    shapes: dict[str, tuple[int, ...]] = {
-        "token_embd.weight": (config.vocab_size, h),
-        "output_norm.weight": (h,),
-    }
+    yield "token_embd.weight", (config.vocab_size, h)
+    yield "output_norm.weight", (h,)
     if not config.tie_word_embeddings:
-        shapes["output.weight"] = (config.vocab_size, h)
+        yield "output.weight", (config.vocab_size, h)
     for i in range(config.n_layers):
         b = f"blk.{i}."
-        shapes[b + "attn_norm.weight"] = (h,)
-        shapes[b + "attn_q.weight"] = (q, h)
-        shapes[b + "attn_k.weight"] = (kv, h)
-        shapes[b + "attn_v.weight"] = (kv, h)
+        yield b + "attn_norm.weight", (h,)
+        yield b + "attn_q.weight", (q, h)
+        yield b + "attn_k.weight", (kv, h)
+        yield b + "attn_v.weight", (kv, h)
         if config.attention_bias:
-            shapes[b + "attn_q.bias"] = (q,)
-            shapes[b + "attn_k.bias"] = (kv,)
-            shapes[b + "attn_v.bias"] = (kv,)
-        shapes[b + "attn_output.weight"] = (h, q)
-        shapes[b + "ffn_norm.weight"] = (h,)
-        shapes[b + "ffn_gate.weight"] = (config.intermediate_size, h)
-        shapes[b + "ffn_up.weight"] = (config.intermediate_size, h)
-        shapes[b + "ffn_down.weight"] = (h, config.intermediate_size)
-    return shapes
+            yield b + "attn_q.bias", (q,)
+            yield b + "attn_k.bias", (kv,)
+            yield b + "attn_v.bias", (kv,)
+        yield b + "attn_output.weight", (h, q)
+        yield b + "ffn_norm.weight", (h,)
+        yield b + "ffn_gate.weight", (config.intermediate_size, h)
+        yield b + "ffn_up.weight", (config.intermediate_size, h)
+        yield b + "ffn_down.weight", (h, config.intermediate_size)
 
 
 def check_tensors(
@@ -106,15 +107,17 @@ def check_tensors(
 ) -> None:
     """Raise ModelFormatError unless every tensor `config` needs is present with its shape.
 
-    `describe` turns a GGUF name into the name the source file uses, for the message.
+    `describe` turns a GGUF name into the name the source file uses, for the message. Names are
+    generated lazily, so a corrupt layer count fails at the first missing layer instead of
+    enumerating billions of names.
     """
-    for name, shape in expected_tensor_shapes(config).items():
+    for name, shape in _expected(config):
         ref = tensors.get(name)
         if ref is None:
             raise ModelFormatError(
                 f"{source}: tensor {describe(name)} is missing; the config "
                 f"({config.n_layers} layers, arch {config.arch}) needs it: the checkpoint is "
-                "incomplete or its config.json does not match it"
+                "incomplete or its config does not match it"
             )
         if tuple(ref.shape) != shape:
             raise ModelFormatError(
@@ -490,8 +493,8 @@ def read_hf_model(path: str | Path) -> ModelSpec:
     tok_cfg = _load_json(tok_cfg_path, "tokenizer config") if tok_cfg_path.is_file() else {}
     map_path = root / "special_tokens_map.json"  # where older transformers put them
     token_map = _load_json(map_path, "special tokens map") if map_path.is_file() else {}
-    special = {
-        key: text
+    special = {  # "bos" / "eos" / "pad" -> token text
+        key[:3]: text
         for key in ("bos_token", "eos_token", "pad_token")
         if (text := _token_string(tok_cfg.get(key, token_map.get(key)))) is not None
     }
@@ -522,6 +525,12 @@ def read_hf_model(path: str | Path) -> ModelSpec:
             f"{' ...' if len(unknown) > 5 else ''}; Borda would ignore weights the model uses"
         )
     check_tensors(tensors, config, str(root), gguf_to_hf_name)
+    extra = sorted(set(tensors) - set(expected_tensor_shapes(config)))
+    if extra:  # e.g. layers past num_hidden_layers, or biases the config does not declare
+        raise UnsupportedModel(
+            f"{root}: tensors the config does not account for: "
+            f"{', '.join(gguf_to_hf_name(n) for n in extra[:5])}; Borda would ignore them"
+        )
 
     files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
     return ModelSpec(
