@@ -16,9 +16,12 @@ from transformers import AutoModelForCausalLM
 import borda
 from borda.cli import main
 from borda.pack import pack
+from borda.sampling import SamplingParams
+from borda.tokenizer import StreamDecoder
 from model_factory import TinyTokenizer, byte_level_tokenizer, make_hf_model, write_gguf
 
 torch.set_num_threads(1)
+MAX_Q8_0_ERROR = 0.05  # of the largest logit at a position, Q8_0 vs dequantized weights
 PROMPT = "the quick brown fox 🦙 jumps over a lazy dog while we've been told it's fine"
 
 
@@ -44,12 +47,11 @@ def tok() -> TinyTokenizer:
     return byte_level_tokenizer("gpt-2")
 
 
-@pytest.fixture(scope="session", params=list(CASES))
-def hf_model(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tok: TinyTokenizer
+def _make(
+    request: pytest.FixtureRequest, factory: pytest.TempPathFactory, tok: TinyTokenizer, init: str
 ) -> tuple[str, Path]:
     c = CASES[request.param]
-    root = tmp_path_factory.mktemp(request.param)
+    root = factory.mktemp(f"{request.param}-{init}")
     make_hf_model(
         root,
         tok,
@@ -60,8 +62,25 @@ def hf_model(
         kv_heads=c.kv_heads,
         intermediate=c.intermediate,
         seed=len(request.param),
+        init=init,
     )
     return request.param, root
+
+
+@pytest.fixture(scope="session", params=list(CASES))
+def hf_model(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tok: TinyTokenizer
+) -> tuple[str, Path]:
+    """Every parameter N(0, 0.5^2): decisive logits, so any mix-up shows."""
+    return _make(request, tmp_path_factory, tok, "wide")
+
+
+@pytest.fixture(scope="session", params=list(CASES))
+def stable_model(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tok: TinyTokenizer
+) -> tuple[str, Path]:
+    """Fan-in-scaled weights: a stable network in which quantization errors do not explode."""
+    return _make(request, tmp_path_factory, tok, "trained")
 
 
 def packed(root: Path, quant: str) -> Path:
@@ -71,8 +90,27 @@ def packed(root: Path, quant: str) -> Path:
     return out
 
 
-def reference_logits(root: Path, ids: list[int], dequantize: bool = False) -> np.ndarray:
-    model = AutoModelForCausalLM.from_pretrained(root, torch_dtype=torch.float32).eval()
+def round_half_away(v: torch.Tensor) -> torch.Tensor:
+    a = v.abs()
+    return v.sign() * (a.floor() + (2 * (a - a.floor())).floor())
+
+
+def quantize_activations(
+    module: torch.nn.Module, args: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor]:
+    """What the guest feeds every int8 matmul: per token, blocks of 32, 7 bits (borda.h)."""
+    x = args[0]
+    blocks = x.reshape(-1, 32)
+    d = blocks.abs().amax(dim=1, keepdim=True) / 63
+    inv = torch.where(d > 0, 1 / torch.where(d > 0, d, 1), 0)
+    q = round_half_away(blocks * inv).clamp(-63, 63)
+    return ((q * d).reshape(x.shape),)
+
+
+def reference_logits(
+    root: Path, ids: list[int], dequantize: bool = False, quantized_activations: bool = False
+) -> np.ndarray:
+    model = AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32).eval()
     if dequantize:  # what --quant q8_0 stores: every matrix through GGUF's Q8_0
         q8 = gguf.GGMLQuantizationType.Q8_0
         with torch.no_grad():
@@ -80,6 +118,10 @@ def reference_logits(root: Path, ids: list[int], dequantize: bool = False) -> np
                 if p.ndim == 2:
                     w = p.detach().numpy()
                     p.copy_(torch.tensor(gguf.quants.dequantize(gguf.quants.quantize(w, q8), q8)))
+    if quantized_activations:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.register_forward_pre_hook(quantize_activations)
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].numpy()
 
@@ -106,7 +148,7 @@ def test_f32_logits_match_transformers_at_every_position(hf_model: tuple[str, Pa
 def test_f32_greedy_generation_equals_transformers_generate(hf_model: tuple[str, Path]) -> None:
     model = borda.load(packed(hf_model[1], "f32"))
     ids = list(model.tokenizer.encode(PROMPT).ids)
-    hf = AutoModelForCausalLM.from_pretrained(hf_model[1], torch_dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(hf_model[1], dtype=torch.float32).eval()
     expected = hf.generate(
         torch.tensor([ids]),
         do_sample=False,
@@ -120,17 +162,46 @@ def test_f32_greedy_generation_equals_transformers_generate(hf_model: tuple[str,
     assert list(model.session().generate_ids(ids, 32, stop_at_eos=False)) == ours  # deterministic
 
 
-def test_q8_0_logits_track_transformers_on_dequantized_weights(hf_model: tuple[str, Path]) -> None:
-    model = borda.load(packed(hf_model[1], "q8_0"))
+def test_q8_0_logits_equal_transformers_with_the_same_quantization(
+    stable_model: tuple[str, Path],
+) -> None:
+    # transformers on Q8_0-dequantized weights, with its matmul inputs quantized as borda.h
+    # specifies: the int8 pipeline is the only difference, and it must be exact
+    model = borda.load(packed(stable_model[1], "q8_0"))
     ids = prompt_ids(model)
     got = model.session().logits(ids)
-    ref = reference_logits(hf_model[1], ids, dequantize=True)
-    agreement = float((got.argmax(axis=1) == ref.argmax(axis=1)).mean())
-    # activations are quantized to 7 bits per block of 32: the only difference left
-    rel = float((np.abs(got - ref).max(axis=1) / np.abs(ref).max(axis=1)).max())
-    print(f"{hf_model[0]}: top-1 agreement {agreement:.3f}, max error {rel:.3%} of the top logit")
-    assert agreement >= 0.98
-    assert rel < 0.05
+    ref = reference_logits(stable_model[1], ids, dequantize=True, quantized_activations=True)
+    rel = np.abs(got - ref).max(axis=1) / np.abs(ref).max(axis=1)
+    # A float-order difference can round one activation the other way at a .5 boundary;
+    # that step then reaches later positions through the KV cache. Most positions are exact.
+    assert np.mean(rel < 1e-4) >= 0.75, f"median error {np.median(rel):.2e}"
+    assert rel.max() < 0.05
+
+
+def test_q8_0_logits_track_transformers_on_dequantized_weights(
+    stable_model: tuple[str, Path],
+) -> None:
+    # Against float activations the 7-bit activation quantization is the difference left.
+    # Random models have flat logits, so some top-1 choices are near-ties that any 8-bit
+    # scheme flips (llama.cpp's too); the bound is stated on decisive positions.
+    model = borda.load(packed(stable_model[1], "q8_0"))
+    ids = prompt_ids(model)
+    got = model.session().logits(ids)
+    ref = reference_logits(stable_model[1], ids, dequantize=True)
+    scale = np.abs(ref).max(axis=1)
+    error = np.abs(got - ref).max(axis=1) / scale
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    decisive = (top2[:, 1] - top2[:, 0]) / scale > 2 * MAX_Q8_0_ERROR
+    agree = got.argmax(axis=1) == ref.argmax(axis=1)
+    print(
+        f"{stable_model[0]}: top-1 agreement {agree.mean():.3f} overall, "
+        f"{agree[decisive].mean():.3f} on {decisive.sum()} decisive positions; "
+        f"max error {error.max():.2%} of the largest logit"
+    )
+    assert error.max() < MAX_Q8_0_ERROR
+    assert decisive.sum() >= 10
+    assert agree[decisive].mean() >= 0.98
+    assert agree.mean() >= 0.9
 
 
 def test_gguf_q8_0_packs_to_bitwise_identical_logits(
@@ -144,21 +215,25 @@ def test_gguf_q8_0_packs_to_bitwise_identical_logits(
     np.testing.assert_array_equal(from_gguf.session().logits(ids), from_hf.session().logits(ids))
 
 
-def test_streamed_pieces_are_whole_characters_and_add_up_to_the_decoded_text(
-    hf_model: tuple[str, Path],
-) -> None:
+def test_stream_decoder_never_splits_a_character(hf_model: tuple[str, Path]) -> None:
     model = borda.load(packed(hf_model[1], "q8_0"))
-    ids = list(model.tokenizer.encode("🦙").ids)
+    text = "🦙 café 日本語 👍🏽!"
+    ids = list(model.tokenizer.encode(text).ids)
+    assert len(ids) > len(text.split())  # multi-byte characters span several tokens
+    decoder = StreamDecoder(model.tokenizer)
+    pieces = [decoder.push(i) for i in ids] + [decoder.flush()]
+    assert "".join(pieces) == model.tokenizer.decode(ids) == text
+    assert all("\ufffd" not in piece for piece in pieces)
+
+
+def test_streamed_generation_adds_up_to_the_decoded_ids(hf_model: tuple[str, Path]) -> None:
+    model = borda.load(packed(hf_model[1], "q8_0"))
     pieces = list(model.session().generate(PROMPT, max_tokens=40, temperature=0.9, seed=3))
-    assert all("\ufffd" not in p for p in pieces[:-1])
-    session = model.session()
-    generated = list(
-        session.generate_ids(
-            list(model.tokenizer.encode(PROMPT).ids), 40, borda.sampling.SamplingParams(0.9, seed=3)
-        )
-    )
+    prompt = list(model.tokenizer.encode(PROMPT).ids)
+    generated = list(model.session().generate_ids(prompt, 40, SamplingParams(0.9, seed=3)))
+    eos = set(model.config["eos_token_ids"])
+    generated = generated[: next((i for i, t in enumerate(generated) if t in eos), None)]
     assert "".join(pieces) == model.tokenizer.decode(generated)
-    assert len(ids) > 1  # the emoji is several byte-level tokens: pieces must not split it
 
 
 def test_stop_strings_end_generation_before_the_stop_text(hf_model: tuple[str, Path]) -> None:
