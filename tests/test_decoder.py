@@ -17,6 +17,7 @@ import borda
 from borda.cli import main
 from borda.pack import pack
 from borda.sampling import SamplingParams
+from borda.session import kv_bytes_per_position, scratch_bytes
 from borda.tokenizer import StreamDecoder
 from model_factory import TinyTokenizer, byte_level_tokenizer, make_hf_model, write_gguf
 
@@ -253,8 +254,8 @@ def test_prompt_longer_than_the_context_is_a_context_overflow(hf_model: tuple[st
 
 def test_memory_budget_bounds_the_context(hf_model: tuple[str, Path]) -> None:
     model = borda.load(packed(hf_model[1], "q8_0"))
-    per_position = model.kv_bytes_per_position()
-    budget = model.scratch_bytes() + 100 * per_position
+    per_position = kv_bytes_per_position(model.config)
+    budget = scratch_bytes(model.config) + 100 * per_position
     assert model.session(memory_limit=budget).max_context == 100
     with pytest.raises(borda.SandboxMemoryLimit, match="raise memory_limit"):
         model.session(memory_limit=budget, max_context=200)

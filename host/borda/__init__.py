@@ -4,6 +4,7 @@ The arithmetic runs as Wasm inside Wasmtime, so memory limits and deadlines cove
 inference itself. Start with `borda.kernels` (a numpy API over the sandboxed kernels).
 """
 
+from .encoder import EncoderSession
 from .engine import EngineConfig
 from .errors import (
     BordaError,
@@ -18,14 +19,16 @@ from .errors import (
     SandboxTimeout,
     UnsupportedModel,
 )
-from .model import Model, Session, load
+from .model import Model, load
 from .sandbox import Limits, Sandbox
+from .session import Session
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BordaError",
     "ContextOverflow",
+    "EncoderSession",
     "EngineConfig",
     "GuestABIError",
     "GuestError",

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 import numpy as np
 
-from .errors import BordaError
+from .errors import BordaError, InvalidInput
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -96,10 +96,16 @@ def run(
 ) -> None:
     """Generate text with a packed .wasm model, streaming to stdout."""
     from .model import load
+    from .session import Session
 
-    session = load(model).session(
-        max_context=max_context, memory_limit=memory_limit, timeout=timeout
-    )
+    loaded = load(model)
+    if loaded.is_encoder:
+        raise InvalidInput(
+            f"{model.name} is an encoder: it embeds text rather than generating it; "
+            "use `borda embed` or `borda search`"
+        )
+    session = loaded.session(max_context=max_context, memory_limit=memory_limit, timeout=timeout)
+    assert isinstance(session, Session)
     request = [{"role": "user", "content": prompt}] if chat else prompt
     start = time.perf_counter()
     count = 0

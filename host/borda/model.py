@@ -1,18 +1,14 @@
-"""Model and Session: load a packed .wasm model and generate text with it in a sandbox.
+"""Model: a packed .wasm model, its metadata and its compiled module.
 
-    model = borda.load("smollm.wasm")
-    session = model.session(max_context=1024, memory_limit="64M", timeout=30)
-    for piece in session.generate("Once upon a time", max_tokens=32):
-        print(piece, end="")
-
-A Model is compiled once per process (and cached on disk); each Session is its own Store
-and instance, so it has its own KV cache, memory budget and deadline.
+A Model is compiled once per process (and cached on disk). Each session is its own Store
+and instance with its own memory budget and deadline: decoders generate text
+(session.py), encoders embed it (encoder.py).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,41 +17,16 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from . import modcache, wasmfile
+from .encoder import EncoderSession
 from .engine import EngineConfig
-from .errors import ContextOverflow, InvalidInput, ModelFormatError, SandboxMemoryLimit
+from .errors import InvalidInput, ModelFormatError
 from .guestmem import unpack
-from .ropefreq import rope_inv_freq
-from .sampling import Sampler, SamplingParams
 from .sandbox import PAGE, Limits, Sandbox
-from .tokenizer import StreamDecoder
+from .session import Session
 
 FORMAT_VERSION = 1
 MAX_METADATA_BYTES = 256 << 20
-DEFAULT_CONTEXT = 2048
-MAX_BATCH = 64  # prefill chunk: tokens per tiled-GEMM pass inside the guest
-
-# borda_forward's error codes (guest/models/llama.c)
-FORWARD_ERRORS = {
-    -1: "the model runtime was not initialised",
-    -3: "the step's arguments are invalid (empty, or a gap in positions)",
-    -4: "the sequence does not fit the session's context",
-    -5: "a token id is outside the vocabulary",
-    -6: "a buffer lies outside the sandbox's memory",
-}
-
-
-def parse_size(size: int | str) -> int:
-    """Bytes from an int or a string such as '512M', '2G', '64KiB'."""
-    if isinstance(size, int):
-        return size
-    text = size.strip().upper().removesuffix("B").removesuffix("I")
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    try:
-        if text and text[-1] in units:
-            return int(float(text[:-1]) * units[text[-1]])
-        return int(text)
-    except ValueError:
-        raise InvalidInput(f"cannot read {size!r} as a size; write e.g. 512M or 2G") from None
+DECODER, ENCODER = "borda_llama", "borda_bert"
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -101,22 +72,20 @@ class ModelInfo:
 
 
 class Model:
-    """A packed .wasm model, compiled once; open Sessions to run it."""
+    """A packed .wasm model, compiled once; open sessions to run it."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.meta = read_metadata(self.path)
-        if self.meta.get("runtime") != "borda_llama":
-            raise InvalidInput(
-                f"{self.path} is a {self.meta.get('arch')} model (runtime "
-                f"{self.meta.get('runtime')}); generation needs a decoder model "
-                "(for encoders use `borda embed`)"
-            )
+        self.runtime = self.meta.get("runtime")
+        if self.runtime not in (DECODER, ENCODER):
+            raise ModelFormatError(f"{self.path}: unknown runtime {self.runtime!r}")
         self.config: dict[str, Any] = self.meta["config"]
         self.tokenizer = Tokenizer.from_str(self.meta["tokenizer"])
         self.sha256 = modcache.file_sha256(self.path)
         weights = self.meta["weights"]
         self.base_bytes = math.ceil(weights["end"] / PAGE) * PAGE  # runtime + weights
+        self._default_encoder: EncoderSession | None = None
         tensors = self.meta["tensors"]
         self.info = ModelInfo(
             path=str(self.path),
@@ -133,19 +102,20 @@ class Model:
             source=self.meta["source"]["name"],
         )
 
-    def module(self, config: EngineConfig) -> Any:
-        return modcache.load_module_file(self.path, self.sha256, config)
+    @property
+    def is_encoder(self) -> bool:
+        return self.runtime == ENCODER
 
-    def kv_bytes_per_position(self) -> int:
-        c = self.config
-        return int(2 * c["n_layers"] * c["n_kv_heads"] * c["head_dim"] * 4)
-
-    def scratch_bytes(self) -> int:
-        """An upper bound of the runtime's per-session scratch for MAX_BATCH tokens."""
-        c = self.config
-        width = 4 * c["hidden_size"] + 2 * (c["n_heads"] + 2 * c["n_kv_heads"]) * c["head_dim"]
-        width += 3 * c["intermediate_size"] + c["vocab_size"]
-        return int(MAX_BATCH * width * 5 + (4 << 20))  # f32 + int8 copies, request buffers
+    def open_sandbox(
+        self, private_bytes: int, timeout: float | None, deterministic: bool
+    ) -> Sandbox:
+        """A fresh instance: budget = model bytes + private_bytes; weights reserved."""
+        limits = Limits(memory_bytes=min(self.base_bytes + private_bytes, 1 << 32), timeout=timeout)
+        engine = EngineConfig(deterministic=deterministic)
+        module = modcache.load_module_file(self.path, self.sha256, engine)
+        box = Sandbox(module, limits, config=engine, name=self.path.name)
+        box.call("borda_reserve", self.meta["weights"]["end"])
+        return box
 
     def session(
         self,
@@ -153,246 +123,35 @@ class Model:
         memory_limit: int | str | None = None,
         timeout: float | None = 30.0,
         deterministic: bool = False,
-    ) -> Session:
-        """A new sandboxed session with its own KV cache.
+    ) -> Session | EncoderSession:
+        """A new sandboxed session: a decoder Session, or an EncoderSession for encoders.
 
         memory_limit is the session's private budget, on top of the model bytes (runtime
         and weights, shared between sessions): KV cache and scratch. Without max_context
-        the context is as long as that budget allows (up to the model's own limit).
+        a decoder's context is as long as that budget allows (up to the model's limit).
         """
+        if self.is_encoder:
+            return EncoderSession(self, memory_limit, timeout, deterministic)
         return Session(self, max_context, memory_limit, timeout, deterministic)
+
+    def embed(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = 16,
+        normalize: bool | None = None,
+        truncate: bool = True,
+    ) -> np.ndarray:
+        """Sentence embeddings (n, hidden) float32, pooled as the model's config says."""
+        if not self.is_encoder:
+            raise InvalidInput(
+                f"{self.path.name} is a {self.info.arch} decoder: it generates text "
+                "(`borda run`); embeddings need an encoder model such as all-MiniLM-L6-v2"
+            )
+        if self._default_encoder is None or self._default_encoder.broken:
+            self._default_encoder = EncoderSession(self, None, 30.0, False)
+        return self._default_encoder.embed(texts, batch_size, normalize, truncate)
 
 
 def load(path: str | Path) -> Model:
     """Open a packed .wasm model (see `borda pack`)."""
     return Model(path)
-
-
-class Session:
-    """One sandboxed instance of a Model: a KV cache, a memory budget and a deadline."""
-
-    def __init__(
-        self,
-        model: Model,
-        max_context: int | None,
-        memory_limit: int | str | None,
-        timeout: float | None,
-        deterministic: bool,
-    ) -> None:
-        self.model = model
-        c = model.config
-        per_position = model.kv_bytes_per_position()
-        model_limit = c["max_position_embeddings"]
-        if memory_limit is None:
-            max_context = max_context or min(model_limit, DEFAULT_CONTEXT)
-            private = max_context * per_position + model.scratch_bytes()
-        else:
-            private = parse_size(memory_limit)
-            fits = (private - model.scratch_bytes()) // per_position
-            if max_context is None:
-                max_context = min(model_limit, fits)
-            if max_context < 1 or fits < max_context:
-                need = max_context * per_position + model.scratch_bytes() if max_context > 0 else 0
-                raise SandboxMemoryLimit(
-                    f"a {max(max_context, 1)}-token context needs about {need / 2**20:.1f} MiB "
-                    f"of private memory (KV cache and scratch) but the budget is "
-                    f"{private / 2**20:.1f} MiB; raise memory_limit or lower max_context"
-                )
-        if max_context < 1:
-            raise InvalidInput(f"max_context must be >= 1, got {max_context}")
-        self.max_context = max_context
-        limits = Limits(memory_bytes=min(model.base_bytes + private, 1 << 32), timeout=timeout)
-        engine = EngineConfig(deterministic=deterministic)
-        self._box = Sandbox(model.module(engine), limits, config=engine, name=model.path.name)
-        self._box.call("borda_reserve", model.meta["weights"]["end"])
-        self._box.invoke("init", *self._init_request())
-        self._tokens = self._box.alloc(4 * max_context)
-        self._logits = self._box.alloc(4 * c["vocab_size"] * MAX_BATCH)
-        self._box.call("borda_keep")  # the token and logit buffers live as long as the session
-        self.position = 0
-        self.history: list[int] = []
-
-    def _init_request(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        c = self.model.config
-        config = {
-            k: c[k]
-            for k in (
-                "vocab_size",
-                "hidden_size",
-                "n_layers",
-                "n_heads",
-                "n_kv_heads",
-                "head_dim",
-                "intermediate_size",
-                "rms_norm_eps",
-            )
-        }
-        config.update(max_context=self.max_context, max_batch=MAX_BATCH)
-        weights = {
-            name: {k: t[k] for k in ("dtype", "shape", "offset")}
-            for name, t in self.model.meta["tensors"].items()
-        }
-        args = {
-            "config": config,
-            "weights": weights,
-            "weights_end": self.model.meta["weights"]["end"],
-        }
-        return args, {"rope_inv_freq": rope_inv_freq(c)}
-
-    # -- running the model ------------------------------------------------------------
-
-    def reset(self) -> None:
-        """Forget the conversation: the next call starts at position 0."""
-        self.position = 0
-        self.history = []
-
-    def _forward(self, ids: Sequence[int], all_logits: bool) -> np.ndarray:
-        """Run ids from the current position; logits of every token, or of the last one."""
-        if not all_logits:
-            return self._forward_chunk(ids, False)
-        chunks = [ids[i : i + MAX_BATCH] for i in range(0, len(ids), MAX_BATCH)] or [ids]
-        return np.concatenate([self._forward_chunk(chunk, True) for chunk in chunks])
-
-    def _forward_chunk(self, ids: Sequence[int], all_logits: bool) -> np.ndarray:
-        n = len(ids)
-        if n == 0:
-            raise InvalidInput("no tokens to run")
-        if self.position + n > self.max_context:
-            raise ContextOverflow(
-                f"{self.position + n} tokens do not fit this session's {self.max_context}-token "
-                "context; open a session with a larger max_context (and memory_limit) or shorten "
-                "the prompt"
-            )
-        vocab = self.model.config["vocab_size"]
-        ids_array = np.asarray(ids, dtype=np.int32)
-        if ids_array.min() < 0 or ids_array.max() >= vocab:
-            raise InvalidInput(f"token ids must be in [0, {vocab})")
-        self._box.memory.write(self._tokens, ids_array)
-        code = int(
-            self._box.call(
-                "borda_forward", self._tokens, n, self.position, self._logits, int(all_logits)
-            )
-        )
-        if code != 0:
-            raise InvalidInput(f"model runtime refused the step: {FORWARD_ERRORS.get(code, code)}")
-        self.position += n
-        self.history.extend(int(i) for i in ids)
-        rows = n if all_logits else 1
-        return self._box.memory.read_array(self._logits, "<f4", (rows, vocab))
-
-    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
-        """Logits (len(token_ids), vocab) at every position of token_ids, from a fresh start."""
-        self.reset()
-        return self._forward(list(token_ids), all_logits=True)
-
-    def encode(self, prompt: str | list[dict[str, str]]) -> list[int]:
-        """Token ids of a prompt, or of chat messages rendered with the model's template."""
-        from .formats.chat import render_chat
-
-        if isinstance(prompt, str):
-            return list(self.model.tokenizer.encode(prompt).ids)
-        template = self.model.meta.get("chat_template")
-        if not template:
-            raise InvalidInput(f"{self.model.path.name} has no chat template; pass a plain prompt")
-        special = self.model.meta.get("special_tokens", {})
-        text = render_chat(
-            template,
-            prompt,
-            add_generation_prompt=True,
-            bos_token=special.get("bos", ""),
-            eos_token=special.get("eos", ""),
-        )
-        return list(self.model.tokenizer.encode(text, add_special_tokens=False).ids)
-
-    def generate(
-        self,
-        prompt: str | list[dict[str, str]],
-        max_tokens: int = 128,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        repetition_penalty: float = 1.0,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
-        stream: bool = True,
-    ) -> Iterator[str] | str:
-        """Continue a prompt (or chat messages). stream=True yields text pieces as they come."""
-        pieces = self._generate(
-            prompt,
-            max_tokens,
-            SamplingParams(temperature, top_k, top_p, repetition_penalty, seed),
-            tuple(stop),
-        )
-        return pieces if stream else "".join(pieces)
-
-    def generate_ids(
-        self,
-        prompt_ids: Sequence[int],
-        max_tokens: int,
-        params: SamplingParams | None = None,
-        stop_at_eos: bool = True,
-    ) -> Iterator[int]:
-        """Continue from token ids (a fresh start), yielding up to max_tokens new ids."""
-        self.reset()
-        sampler = Sampler(params or SamplingParams())
-        eos = set(self.model.config.get("eos_token_ids") or ()) if stop_at_eos else set()
-        logits = self._forward(list(prompt_ids), all_logits=False)[-1]
-        for produced in range(max_tokens):
-            token = sampler(logits, self.history)
-            yield token
-            last = produced + 1 == max_tokens or self.position >= self.max_context
-            if token in eos or last:
-                return
-            logits = self._forward([token], all_logits=False)[-1]
-
-    def _generate(
-        self,
-        prompt: str | list[dict[str, str]],
-        max_tokens: int,
-        params: SamplingParams,
-        stop: tuple[str, ...],
-    ) -> Iterator[str]:
-        ids = self.encode(prompt)
-        if len(ids) >= self.max_context:
-            raise ContextOverflow(
-                f"the prompt has {len(ids)} tokens but this session's context holds "
-                f"{self.max_context}; shorten it or open a session with a larger max_context"
-            )
-        decoder = StreamDecoder(self.model.tokenizer)
-        eos = set(self.model.config.get("eos_token_ids") or ())
-        text = ""
-        emitted = 0
-        for token in self.generate_ids(ids, max_tokens, params):
-            if token in eos:
-                break
-            text += decoder.push(token)
-            cut = _stop_index(text, stop)
-            if cut is not None:
-                if cut > emitted:
-                    yield text[emitted:cut]
-                return
-            safe = len(text) - _held_back(text, stop)
-            if safe > emitted:
-                yield text[emitted:safe]
-                emitted = safe
-        text += decoder.flush()
-        cut = _stop_index(text, stop)
-        end = len(text) if cut is None else cut
-        if end > emitted:
-            yield text[emitted:end]
-
-
-def _stop_index(text: str, stop: tuple[str, ...]) -> int | None:
-    hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return min(hits) if hits else None
-
-
-def _held_back(text: str, stop: tuple[str, ...]) -> int:
-    """How many trailing characters could still become a stop string."""
-    held = 0
-    for s in stop:
-        for n in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:n]):
-                held = max(held, n)
-                break
-    return held

@@ -21,7 +21,7 @@ import numpy as np
 from . import quant, wasmfile
 from .errors import InvalidInput, UnsupportedModel
 from .formats import read_model
-from .formats.spec import ModelSpec, TensorRef
+from .formats.spec import EncoderConfig, ModelSpec, TensorRef
 from .guestmem import pack as msgpack_pack
 from .runtimes import runtime_bytes
 
@@ -59,9 +59,13 @@ def planar_q8_0_nbytes(rows: int, k: int) -> int:
     return align(rows * k) + align(nb * 4) + align(nb * 2)
 
 
+SMALL_TABLES = {"position_embd.weight", "token_types.weight"}  # lookups, not matmuls
+
+
 def stored_dtype(ref: TensorRef, quant_name: str) -> str:
-    """Matrices are quantized; norms, biases and odd-K matrices stay f32."""
+    """Matrices are quantized; norms, biases, small tables and odd-K matrices stay f32."""
     is_matrix = len(ref.shape) == 2 and ref.name.endswith(".weight")
+    is_matrix = is_matrix and ref.name not in SMALL_TABLES
     if quant_name == "q8_0" and is_matrix and ref.shape[1] % quant.QK == 0:
         return "q8_0"
     return "f32"
@@ -149,7 +153,7 @@ def total_weight_bytes(spec: ModelSpec, quant_name: str) -> int:
 def write_model(
     spec: ModelSpec, out: Path, quant_name: str, progress: Progress | None = None
 ) -> dict[str, Any]:
-    runtime = "borda_llama"
+    runtime = "borda_bert" if isinstance(spec.config, EncoderConfig) else "borda_llama"
     code = runtime_bytes(runtime)
     sections = wasmfile.parse_sections(code)
     base = wasmfile.memory_min_pages(sections) * wasmfile.PAGE

@@ -20,6 +20,7 @@ from .errors import (
     GuestABIError,
     GuestError,
     GuestTrap,
+    InvalidInput,
     SandboxMemoryLimit,
     SandboxTimeout,
 )
@@ -54,6 +55,20 @@ class Limits:
             )
         if self.timeout is not None and not self.timeout > 0:
             raise ValueError(f"timeout must be positive seconds or None, got {self.timeout}")
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from an int or a string such as '512M', '2G', '64KiB'."""
+    if isinstance(size, int):
+        return size
+    text = size.strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise InvalidInput(f"cannot read {size!r} as a size; write e.g. 512M or 2G") from None
 
 
 class Sandbox:

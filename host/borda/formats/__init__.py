@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelFormatError
+from .bert import is_encoder_dir, read_bert_model
 from .chat import ChatTemplateError, render_chat
 from .gguf_file import GGUF_MAGIC, read_gguf_model, rope_freq_factors
 from .hf import expected_tensor_shapes, read_hf_model
@@ -33,7 +34,7 @@ def read_model(path: str | Path) -> ModelSpec:
     p = Path(path)
     if p.is_dir():
         if (p / "config.json").is_file():
-            return read_hf_model(p)
+            return read_bert_model(p) if is_encoder_dir(p) else read_hf_model(p)
     elif p.is_file():
         with p.open("rb") as f:
             magic = f.read(4)

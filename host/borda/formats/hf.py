@@ -230,7 +230,7 @@ def _parse_st_entry(path: Path, name: str, info: Any, data_start: int, data_size
     return _StEntry(dtype, tuple(shape), data_start + begin, data_start + end)
 
 
-def _st_loader(path: Path, name: str, entry: _StEntry) -> Callable[[], np.ndarray]:
+def st_loader(path: Path, name: str, entry: _StEntry) -> Callable[[], np.ndarray]:
     """A load() reading one tensor as float32: safetensors for F32/F16, raw bytes for BF16."""
 
     def load() -> np.ndarray:
@@ -281,7 +281,7 @@ def gguf_to_hf_name(name: str) -> str:
     return name
 
 
-def _load_json(path: Path, what: str) -> dict[str, Any]:
+def load_json(path: Path, what: str) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -291,11 +291,11 @@ def _load_json(path: Path, what: str) -> dict[str, Any]:
     return value
 
 
-def _weight_files(root: Path) -> list[Path]:
+def weight_files(root: Path) -> list[Path]:
     """The safetensors files of a checkpoint: single, or the shards its index names."""
     index = root / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = _load_json(index, "the shard index").get("weight_map")
+        weight_map = load_json(index, "the shard index").get("weight_map")
         if not isinstance(weight_map, dict) or not all(
             isinstance(v, str) for v in weight_map.values()
         ):
@@ -378,7 +378,7 @@ def read_hf_config(root: Path, has_lm_head: bool = False) -> tuple[DecoderConfig
     Without tie_word_embeddings in config.json, the head is tied when `has_lm_head` is false.
     """
     path = root / "config.json"
-    cfg = _load_json(path, "the model config")
+    cfg = load_json(path, "the model config")
     arch_name = _architecture(root, cfg)
     arch = SUPPORTED_ARCHITECTURES[arch_name]
     if cfg.get("hidden_act", "silu") != "silu":
@@ -420,7 +420,7 @@ def read_hf_config(root: Path, has_lm_head: bool = False) -> tuple[DecoderConfig
     eos = _eos_ids(cfg.get("eos_token_id"), path)
     gen_path = root / "generation_config.json"
     if gen_path.is_file():
-        gen = _load_json(gen_path, "the generation config")
+        gen = load_json(gen_path, "the generation config")
         gen_bos = _int_or_none(gen.get("bos_token_id"), "bos_token_id", gen_path)
         bos = bos if gen_bos is None else gen_bos
         eos += [i for i in _eos_ids(gen.get("eos_token_id"), gen_path) if i not in eos]
@@ -461,7 +461,7 @@ def _chat_template(root: Path, tok_cfg: Mapping[str, Any]) -> str | None:
     return template if isinstance(template, str) else None
 
 
-def _token_string(value: Any) -> str | None:
+def token_string(value: Any) -> str | None:
     """A special token from tokenizer_config.json: a string or a serialized AddedToken."""
     if isinstance(value, dict):
         value = value.get("content")
@@ -471,8 +471,8 @@ def _token_string(value: Any) -> str | None:
 def read_hf_model(path: str | Path) -> ModelSpec:
     """Read a Hugging Face model directory; tensors are loaded lazily, one at a time."""
     root = Path(path)
-    _architecture(root, _load_json(root / "config.json", "the model config"))  # fail fast
-    headers = {file: read_safetensors_header(file) for file in _weight_files(root)}
+    _architecture(root, load_json(root / "config.json", "the model config"))  # fail fast
+    headers = {file: read_safetensors_header(file) for file in weight_files(root)}
     has_head = any("lm_head.weight" in header for header in headers.values())
     config, arch_name = read_hf_config(root, has_lm_head=has_head)
 
@@ -490,13 +490,13 @@ def read_hf_model(path: str | Path) -> ModelSpec:
     except Exception as e:
         raise ModelFormatError(f"{tok_path}: not a valid tokenizers file: {e}") from None
     tok_cfg_path = root / "tokenizer_config.json"
-    tok_cfg = _load_json(tok_cfg_path, "tokenizer config") if tok_cfg_path.is_file() else {}
+    tok_cfg = load_json(tok_cfg_path, "tokenizer config") if tok_cfg_path.is_file() else {}
     map_path = root / "special_tokens_map.json"  # where older transformers put them
-    token_map = _load_json(map_path, "special tokens map") if map_path.is_file() else {}
+    token_map = load_json(map_path, "special tokens map") if map_path.is_file() else {}
     special = {  # "bos" / "eos" / "pad" -> token text
         key[:3]: text
         for key in ("bos_token", "eos_token", "pad_token")
-        if (text := _token_string(tok_cfg.get(key, token_map.get(key)))) is not None
+        if (text := token_string(tok_cfg.get(key, token_map.get(key)))) is not None
     }
 
     tensors: dict[str, TensorRef] = {}
@@ -517,7 +517,7 @@ def read_hf_model(path: str | Path) -> ModelSpec:
                     f"{file}: tensor {name!r} is {entry.dtype}; Borda reads F32, F16 and BF16"
                 )
             tensors[gguf_name] = TensorRef(
-                gguf_name, entry.shape, _ST_READABLE[entry.dtype], _st_loader(file, name, entry)
+                gguf_name, entry.shape, _ST_READABLE[entry.dtype], st_loader(file, name, entry)
             )
     if unknown:
         raise UnsupportedModel(

@@ -54,11 +54,29 @@ class DecoderConfig:
     eos_token_ids: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Hyper-parameters of a BERT-family encoder, with its sentence-embedding recipe."""
+
+    arch: str  # "bert"
+    vocab_size: int
+    hidden_size: int
+    n_layers: int
+    n_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    layer_norm_eps: float
+    pooling: str = "mean"  # "mean" or "cls" (sentence-transformers' 1_Pooling)
+    normalize: bool = False  # a Normalize module follows the pooling
+    max_seq_length: int = 512  # truncation length (sentence_bert_config.json)
+
+
 @dataclass
 class ModelSpec:
     """A model ready to pack: config, tensors, tokenizer, chat template, provenance."""
 
-    config: DecoderConfig
+    config: DecoderConfig | EncoderConfig
     tensors: dict[str, TensorRef]
     tokenizer_json: str  # a `tokenizers` Tokenizer serialized to JSON
     chat_template: str | None

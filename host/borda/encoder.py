@@ -1,0 +1,162 @@
+"""Encoder sessions: sentence embeddings from a BERT-family Model, computed in a sandbox.
+
+model = borda.load("minilm.wasm")
+vectors = model.embed(["a sentence", "another"])   # (2, 384) float32, L2-normalised
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import InvalidInput, SandboxMemoryLimit
+from .sandbox import parse_size
+
+if TYPE_CHECKING:
+    from .model import Model
+
+MAX_TOKENS = 2048  # tokens per borda_encode call (summed over its sequences)
+POOLING = {"cls": 0, "mean": 1}
+
+# borda_encode's error codes (guest/models/bert.c)
+ENCODE_ERRORS = {
+    -1: "the model runtime was not initialised",
+    -3: "the batch's arguments are invalid",
+    -5: "a token id is outside the vocabulary",
+    -6: "a buffer lies outside the sandbox's memory",
+}
+
+
+def scratch_bytes(c: dict[str, Any]) -> int:
+    """An upper bound of the runtime's scratch for MAX_TOKENS tokens, plus I/O buffers."""
+    per_token = 12 * c["hidden_size"] + 3 * c["intermediate_size"]
+    attention = 2 * c["max_position_embeddings"] * c["hidden_size"]
+    return int((MAX_TOKENS * per_token + attention) * 4 + (4 << 20))
+
+
+class EncoderSession:
+    """One sandboxed instance of an encoder Model."""
+
+    def __init__(
+        self,
+        model: Model,
+        memory_limit: int | str | None,
+        timeout: float | None,
+        deterministic: bool,
+    ) -> None:
+        self.model = model
+        c = model.config
+        need = scratch_bytes(c)
+        private = need if memory_limit is None else parse_size(memory_limit)
+        if private < need:
+            raise SandboxMemoryLimit(
+                f"embedding batches of up to {MAX_TOKENS} tokens need about "
+                f"{need / 2**20:.1f} MiB of private memory but the budget is "
+                f"{private / 2**20:.1f} MiB; raise memory_limit"
+            )
+        self._box = model.open_sandbox(private, timeout, deterministic)
+        config = {
+            "vocab_size": c["vocab_size"], "hidden_size": c["hidden_size"],
+            "n_layers": c["n_layers"], "n_heads": c["n_heads"],
+            "intermediate_size": c["intermediate_size"],
+            "max_position": c["max_position_embeddings"],
+            "type_vocab_size": c["type_vocab_size"], "layer_norm_eps": c["layer_norm_eps"],
+            "max_tokens": MAX_TOKENS,
+        }  # fmt: skip
+        weights = {
+            name: {k: t[k] for k in ("dtype", "shape", "offset")}
+            for name, t in model.meta["tensors"].items()
+        }
+        self._box.invoke(
+            "init",
+            {"config": config, "weights": weights, "weights_end": model.meta["weights"]["end"]},
+        )
+        self.max_length = int(c["max_seq_length"])
+        self._tokens = self._box.alloc(4 * MAX_TOKENS)
+        self._lengths = self._box.alloc(4 * MAX_TOKENS)
+        self._out = self._box.alloc(4 * MAX_TOKENS * c["hidden_size"])
+        self._box.call("borda_keep")  # I/O buffers live as long as the session
+        self._tokenizer = model.tokenizer
+        self._tokenizer.no_padding()
+
+    @property
+    def broken(self) -> bool:
+        return self._box.broken
+
+    def tokenize(self, texts: Sequence[str], truncate: bool = True) -> list[list[int]]:
+        """Token ids with the model's special tokens, truncated at its max length or rejected."""
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidInput(f"text {i} is a {type(text).__name__}, not a string")
+            if not text.strip():
+                raise InvalidInput(f"text {i} is empty; there is nothing to embed")
+        self._tokenizer.no_truncation()
+        encodings = self._tokenizer.encode_batch(list(texts))
+        ids = [list(e.ids) for e in encodings]
+        too_long = [i for i, seq in enumerate(ids) if len(seq) > self.max_length]
+        if too_long and not truncate:
+            i = too_long[0]
+            raise InvalidInput(
+                f"text {i} has {len(ids[i])} tokens, over the model's maximum of "
+                f"{self.max_length}; shorten it or pass truncate=True"
+            )
+        if too_long:
+            self._tokenizer.enable_truncation(self.max_length)
+            for i, encoding in zip(
+                too_long, self._tokenizer.encode_batch([texts[i] for i in too_long]), strict=True
+            ):
+                ids[i] = list(encoding.ids)
+            self._tokenizer.no_truncation()
+        return ids
+
+    def embed(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = 16,
+        normalize: bool | None = None,
+        truncate: bool = True,
+    ) -> np.ndarray:
+        """Embeddings (n, hidden) float32, pooled as the model says; L2-normalised if it says so."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if len(texts) == 0:
+            raise InvalidInput("no texts to embed: pass at least one string")
+        if batch_size < 1:
+            raise InvalidInput(f"batch_size must be >= 1, got {batch_size}")
+        ids = self.tokenize(texts, truncate)
+        pooled = [self._encode(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)]
+        vectors = np.concatenate(pooled)
+        if self.model.config["normalize"] if normalize is None else normalize:
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
+
+    def _encode(self, batch: list[list[int]]) -> np.ndarray:
+        """One borda_encode call per group of sequences that fits MAX_TOKENS tokens."""
+        groups: list[list[list[int]]] = [[]]
+        for seq in batch:
+            stride = max([len(s) for s in groups[-1]] + [len(seq)])
+            if groups[-1] and stride * (len(groups[-1]) + 1) > MAX_TOKENS:
+                groups.append([])
+            groups[-1].append(seq)
+        return np.concatenate([self._encode_group(g) for g in groups])
+
+    def _encode_group(self, seqs: list[list[int]]) -> np.ndarray:
+        n, stride, hidden = len(seqs), max(len(s) for s in seqs), self.model.config["hidden_size"]
+        tokens = np.zeros((n, stride), np.int32)
+        for row, seq in zip(tokens, seqs, strict=True):
+            row[: len(seq)] = seq
+        self._box.memory.write(self._tokens, tokens)
+        self._box.memory.write(self._lengths, np.array([len(s) for s in seqs], np.int32))
+        pooling = POOLING[self.model.config["pooling"]]
+        code = int(
+            self._box.call(
+                "borda_encode", self._tokens, 0, self._lengths, n, stride, pooling, self._out
+            )
+        )
+        if code != 0:
+            raise InvalidInput(
+                f"encoder runtime refused the batch: {ENCODE_ERRORS.get(code, code)}"
+            )
+        return self._box.memory.read_array(self._out, "<f4", (n, hidden))
