@@ -23,6 +23,7 @@ ensure_venv() {
 declare -A MODULES=(
     [borda_kernels]="kernels/*.c runtime/kernel_exports.c runtime/kernel_invoke.c"
     [borda_llama]="kernels/*.c models/llama.c"
+    [borda_bert]="kernels/*.c models/bert.c"
 )
 RUNTIME="runtime/arena.c runtime/abi.c runtime/msgpack.c"
 CFLAGS=(--target=wasm32-freestanding -nostdlib -std=c11 -O3 -msimd128 -mrelaxed-simd
@@ -81,7 +82,7 @@ cmd_test() {
 
 cmd_demo() {
     ensure_venv
-    "$PY" -m pip install --quiet -e .
+    "$PY" -m pip install --quiet -e ".[demo]"
     "$VENV/bin/borda" demo
 }
 

@@ -10,10 +10,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from borda import modcache
-from borda.cli import main
 from borda.runtimes import runtime_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,17 +109,3 @@ class _Spy:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._real, name)
-
-
-def test_cli_demo_multiplies_inside_the_sandbox() -> None:
-    result = CliRunner().invoke(main, ["demo", "--rows", "64", "--k", "64"])
-    assert result.exit_code == 0, result.output
-    error = float(result.output.split("largest output: ")[1])
-    assert error < 0.02
-
-
-def test_cli_user_error_is_one_line_and_exit_code_2() -> None:
-    result = CliRunner().invoke(main, ["demo", "--k", "48"])
-    assert result.exit_code == 2
-    assert result.output.count("\n") == 1
-    assert "multiple of 32" in result.output

