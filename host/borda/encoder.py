@@ -79,7 +79,6 @@ class EncoderSession:
         self._out = self._box.alloc(4 * MAX_TOKENS * c["hidden_size"])
         self._box.call("borda_keep")  # I/O buffers live as long as the session
         self._tokenizer = model.tokenizer
-        self._tokenizer.no_padding()
 
     @property
     def broken(self) -> bool:

@@ -82,6 +82,8 @@ class Model:
             raise ModelFormatError(f"{self.path}: unknown runtime {self.runtime!r}")
         self.config: dict[str, Any] = self.meta["config"]
         self.tokenizer = Tokenizer.from_str(self.meta["tokenizer"])
+        self.tokenizer.no_padding()  # lengths are Borda's business: context, truncation
+        self.tokenizer.no_truncation()
         self.sha256 = modcache.file_sha256(self.path)
         weights = self.meta["weights"]
         self.base_bytes = math.ceil(weights["end"] / PAGE) * PAGE  # runtime + weights

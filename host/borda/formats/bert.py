@@ -3,6 +3,7 @@ sentence-transformers layout (modules.json, 1_Pooling/config.json, sentence_bert
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -81,9 +82,7 @@ def read_encoder_config(root: Path) -> EncoderConfig:
 def _sentence_transformers(root: Path, max_position: int) -> dict[str, Any]:
     """Pooling, normalisation and truncation as sentence-transformers would apply them."""
     recipe: dict[str, Any] = {"pooling": "mean", "normalize": False, "max_seq_length": max_position}
-    modules_path = root / "modules.json"
-    modules = load_json(modules_path, "modules.json") if modules_path.is_file() else []
-    for module in modules if isinstance(modules, list) else []:
+    for module in _modules(root):
         kind = str(module.get("type", ""))
         if kind.endswith(".Normalize"):
             recipe["normalize"] = True
@@ -98,6 +97,20 @@ def _sentence_transformers(root: Path, max_position: int) -> dict[str, Any]:
         if isinstance(length, int) and 0 < length <= max_position:
             recipe["max_seq_length"] = length
     return recipe
+
+
+def _modules(root: Path) -> list[dict[str, Any]]:
+    """sentence-transformers' modules.json: a list of {"type", "path", ...}."""
+    path = root / "modules.json"
+    if not path.is_file():
+        return []
+    try:
+        modules = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFormatError(f"{path}: cannot read modules.json: {e}") from None
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise ModelFormatError(f"{path}: modules.json must be a list of module objects")
+    return modules
 
 
 def _pooling_mode(pooling: dict[str, Any], root: Path) -> str:
