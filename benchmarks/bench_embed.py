@@ -1,0 +1,124 @@
+"""Embedding benchmark: all-MiniLM-L6-v2, batches of 16 x 128 tokens, one thread.
+
+    python benchmarks/bench_embed.py
+
+Borda Q8_0 and f32 beside transformers/torch fp32 (1 thread) and, when installed,
+onnxruntime (1 thread), on the same token ids; printed as sentences/s and ratios.
+"""
+
+from __future__ import annotations
+
+import os
+
+for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = "1"
+
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+import borda
+from borda import default_model
+from borda.pack import pack
+
+BATCH, TOKENS, REPEAT = 16, 128, 5
+
+
+def best_of(fn: Callable[[], object]) -> float:
+    fn()
+    times = []
+    for _ in range(REPEAT):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def batch_ids(vocab: int) -> list[list[int]]:
+    """16 sequences of exactly 128 ids: [CLS] 126 word pieces [SEP]."""
+    rng = np.random.default_rng(0)
+    return [[101, *rng.integers(1000, vocab, TOKENS - 2).tolist(), 102] for _ in range(BATCH)]
+
+
+def bench_borda(path: Path, ids: list[list[int]]) -> float:
+    session = borda.load(path).session(timeout=None)
+    return BATCH / best_of(lambda: session._encode(ids))
+
+
+def bench_torch(ids: list[list[int]]) -> float:
+    import torch
+    from transformers import AutoModel
+
+    torch.set_num_threads(1)
+    model = AutoModel.from_pretrained(default_model.source_dir()).eval()
+    tensor = torch.tensor(ids)
+
+    def run() -> None:
+        with torch.no_grad():
+            model(input_ids=tensor, attention_mask=torch.ones_like(tensor))
+
+    return BATCH / best_of(run)
+
+
+def bench_onnxruntime(ids: list[list[int]], tmp: Path) -> float | None:
+    try:
+        import onnxruntime as ort
+        import torch
+        from transformers import AutoModel
+    except ImportError:
+        return None
+    model = AutoModel.from_pretrained(default_model.source_dir()).eval()
+    path = tmp / "minilm.onnx"
+    example = torch.tensor(ids)
+    torch.onnx.export(
+        model,
+        (example, torch.ones_like(example)),
+        str(path),
+        input_names=["input_ids", "attention_mask"],
+        dynamo=False,
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {
+        "input_ids": np.array(ids, np.int64),
+        "attention_mask": np.ones((BATCH, TOKENS), np.int64),
+    }
+    return BATCH / best_of(lambda: session.run(None, feed))
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        q8, f32 = Path(tmp) / "q8_0.wasm", Path(tmp) / "f32.wasm"
+        pack(default_model.source_dir(), q8, "q8_0")
+        pack(default_model.source_dir(), f32, "f32")
+        ids = batch_ids(borda.load(q8).info.vocab_size)
+        rates = {
+            "borda q8_0": bench_borda(q8, ids),
+            "borda f32": bench_borda(f32, ids),
+            "torch fp32": bench_torch(ids),
+        }
+        onnx = bench_onnxruntime(ids, Path(tmp))
+        if onnx is not None:
+            rates["onnxruntime fp32"] = onnx
+    print(f"all-MiniLM-L6-v2, batch {BATCH} x {TOKENS} tokens, 1 thread")
+    for name, rate in rates.items():
+        print(f"  {name:18s} {rate:7.1f} sentences/s")
+    print(
+        f"  ratio borda q8_0 / torch fp32: {rates['borda q8_0'] / rates['torch fp32']:.2f}x "
+        "(target >= 1.0x)"
+    )
+    if onnx is not None:
+        print(
+            f"  ratio borda q8_0 / onnxruntime fp32: {rates['borda q8_0'] / onnx:.2f}x "
+            "(aim >= 1.0x)"
+        )
+    else:
+        print("  onnxruntime: not installed (pip install '.[bench]' to compare)")
+
+
+if __name__ == "__main__":
+    main()
