@@ -75,14 +75,14 @@ static const volatile int32_t split_basic_block = 1;
 static inline __attribute__((always_inline)) v128_t dot_4rows(const float *q, const float *k,
                                                               const int hd, v128_t vscale) {
     v128_t a0 = wasm_f32x4_splat(0.0f), a1 = a0, a2 = a0, a3 = a0;
-    int d = 0;
+    /* (every early exit must jump to the same block: see split_basic_block) */
 #pragma clang loop unroll(full)
-    for (; d + 8 <= hd; d += 8) {
+    for (int d = 0; d + 8 <= hd; d += 8) {
         if (d > 0 && !split_basic_block) break;
         DOT_STEP(d);
         DOT_STEP(d + 4);
     }
-    if (d < hd) DOT_STEP(d); /* hd % 8 == 4 */
+    if (hd % 8) DOT_STEP(hd - 4);
     return wasm_f32x4_mul(hsum4_f32x4(a0, a1, a2, a3), vscale);
 }
 
