@@ -184,9 +184,13 @@ static void split_heads(const float *src, float *dst, int n) {
                              src + ((size_t)t * c.n_heads + h) * c.head_dim, row);
 }
 
-/* One encoder layer over the T packed tokens in s.x of sequences s0..s1-1. */
-static void forward_layer(int l, const Batch *b, int s0, int s1, int T) {
+/* One encoder layer over the T packed tokens in s.x of sequences s0..s1-1.
+ * cls_only (the last layer under POOL_CLS): only each sequence's first token
+ * continues past attention (nothing needs the others' outputs); those rows are
+ * moved to the front of s.x, sequence s0 + i at row i. */
+static void forward_layer(int l, const Batch *b, int s0, int s1, int T, int cls_only) {
     const Layer *L = &w.layers[l];
+    size_t dim = (size_t)c.dim;
 
     /* q, k, v of every token at once */
     Input h = {s.x, T, c.dim, 0};
@@ -201,35 +205,44 @@ static void forward_layer(int l, const Batch *b, int s0, int s1, int T) {
         int n = b->lengths[i];
         split_heads(s.k + off, s.kt + off, n);
         split_heads(s.v + off, s.vt + off, n);
-        attention(s.q + off, s.kt + off, s.vt + off, s.att + off, n, c.n_heads, c.n_heads,
-                  c.head_dim, n, 0, n, 0, scale);
-        off += (size_t)n * c.dim;
+        if (cls_only) {
+            size_t row = (size_t)(i - s0) * dim; /* <= off, a whole row below it or equal */
+            attention(s.q + off, s.kt + off, s.vt + off, s.att + row, 1, c.n_heads, c.n_heads,
+                      c.head_dim, n, 0, n, 0, scale);
+            if (row != off) __builtin_memcpy(s.x + row, s.x + off, dim * sizeof(float));
+        } else {
+            attention(s.q + off, s.kt + off, s.vt + off, s.att + off, n, c.n_heads, c.n_heads,
+                      c.head_dim, n, 0, n, 0, scale);
+        }
+        off += (size_t)n * dim;
     }
+    int n_out = cls_only ? s1 - s0 : T;
 
     /* x = LN(x + att Wo + bo) */
-    Input a = {s.att, T, c.dim, 0};
+    Input a = {s.att, n_out, c.dim, 0};
     matmul(&a, &L->wo, L->bo, s.xb);
-    add(s.x, s.xb, T * c.dim);
-    layernorm(s.x, L->attn_norm, L->attn_norm_b, s.x, T, c.dim, c.norm_eps);
+    add(s.x, s.xb, n_out * c.dim);
+    layernorm(s.x, L->attn_norm, L->attn_norm_b, s.x, n_out, c.dim, c.norm_eps);
 
     /* x = LN(x + gelu(x Wup + bup) Wdown + bdown) */
-    Input f = {s.x, T, c.dim, 0};
+    Input f = {s.x, n_out, c.dim, 0};
     matmul(&f, &L->w_up, L->b_up, s.hb);
-    gelu(s.hb, T * c.hidden_dim);
-    Input g = {s.hb, T, c.hidden_dim, 0};
+    gelu(s.hb, n_out * c.hidden_dim);
+    Input g = {s.hb, n_out, c.hidden_dim, 0};
     matmul(&g, &L->w_down, L->b_down, s.xb);
-    add(s.x, s.xb, T * c.dim);
-    layernorm(s.x, L->ffn_norm, L->ffn_norm_b, s.x, T, c.dim, c.norm_eps);
+    add(s.x, s.xb, n_out * c.dim);
+    layernorm(s.x, L->ffn_norm, L->ffn_norm_b, s.x, n_out, c.dim, c.norm_eps);
 }
 
-/* The pooled (or all) final hidden states of sequences s0..s1-1 into out. */
+/* The pooled (or all) final hidden states of sequences s0..s1-1 into out. Under
+ * POOL_CLS s.x holds one row per sequence (see forward_layer), else every token. */
 static void write_output(const Batch *b, int s0, int s1, int pooling, float *out) {
-    const float *x = s.x;
     size_t dim = (size_t)c.dim;
+    const float *x = s.x;
     for (int i = s0; i < s1; i++) {
         int n = b->lengths[i];
         if (pooling == POOL_CLS) {
-            __builtin_memcpy(out + i * dim, x, dim * sizeof(float));
+            __builtin_memcpy(out + i * dim, s.x + (size_t)(i - s0) * dim, dim * sizeof(float));
         } else if (pooling == POOL_MEAN) {
             float *o = out + i * dim;
             for (size_t j = 0; j < dim; j++) o[j] = 0.0f;
@@ -252,7 +265,8 @@ static void forward_group(const Batch *b, int s0, int s1, int T, int pooling, fl
         embed_sequence(b, i, x);
         x += (size_t)b->lengths[i] * c.dim;
     }
-    for (int l = 0; l < c.n_layers; l++) forward_layer(l, b, s0, s1, T);
+    for (int l = 0; l < c.n_layers; l++)
+        forward_layer(l, b, s0, s1, T, pooling == POOL_CLS && l == c.n_layers - 1);
     write_output(b, s0, s1, pooling, out);
 }
 
