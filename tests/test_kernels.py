@@ -316,3 +316,29 @@ def test_deterministic_engine_gives_the_same_q8_0_products() -> None:
     x = rng.standard_normal((3, 96)).astype(np.float32)
     det = bk.Kernels(config=borda.EngineConfig(deterministic=True))
     np.testing.assert_array_equal(det.matmul_q8_0(x, w), kernels().matmul_q8_0(x, w))
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    seed=SEEDS,
+    tokens=st.integers(1, 3),
+    past=st.integers(200, 900),
+    group=st.sampled_from([1, 3, 4]),
+    dim=st.sampled_from([32, 64, 80, 128]),
+)
+def test_attention_over_long_caches_matches_torch_sdpa(
+    seed: int, tokens: int, past: int, group: int, dim: int
+) -> None:
+    # past several 256-position blocks of the kernel's KV tiling
+    rng = rng_for(seed)
+    kv_heads, kv_len = 2, tokens + past
+    q = rng.standard_normal((tokens, kv_heads * group, dim)).astype(np.float32)
+    k, v = (rng.standard_normal((kv_len, kv_heads, dim)).astype(np.float32) for _ in range(2))
+    allowed = np.arange(kv_len)[None, :] <= (past + np.arange(tokens))[:, None]
+    expected = F.scaled_dot_product_attention(
+        *(torch.tensor(a).transpose(0, 1)[None] for a in (q, k, v)),
+        attn_mask=torch.tensor(allowed),
+        enable_gqa=True,
+    )[0].transpose(0, 1)
+    got = kernels().attention(q, k, v, causal=True)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)

@@ -9,19 +9,28 @@
  * (x86: pmaddubsw cannot saturate when one side is < 128).
  *
  * Code shape notes (measured with Wasmtime/Cranelift on x86-64, 16 xmm regs):
- *  - Cranelift emits all loads of a basic block first and the arithmetic
- *    consuming them at the end of the block, so every v128 loaded in a block
- *    is live at once: more than ~12 loads per basic block spill.
+ *  - Loads stay in program order (they may trap), but Cranelift computes pure
+ *    arithmetic where its result is first needed: at the end of the basic
+ *    block at the earliest (its branch arguments), often only in a successor.
+ *    So every v128 loaded in a block is live at once: more than ~12 loads per
+ *    basic block spill.
  *  - The epoch check sits on each loop back-edge, so loops are not made
  *    smaller than that either; a never-taken branch (split_basic_block) ends
- *    a basic block without adding a back-edge.
+ *    a basic block without adding a back-edge. A store (KEEP) also pins the
+ *    arithmetic it needs before the loads that follow it, for one store
+ *    instead of a load, a test and a branch.
+ *  - Loads at constant offsets from one pointer fold the offset into the x86
+ *    addressing mode; OPAQUE keeps LLVM from turning them into base +
+ *    induction variable + constant (one more instruction per load).
  *
- * GEMV (one token, memory bound): one row at a time, 4 blocks per iteration
- *   (8 independent dot chains). Streaming rows one by one measured faster
- *   (~19 GB/s) than interleaving 4 rows (~15 GB/s): 4 concurrent row streams
- *   prefetch worse. The 4 block partials (i32x4 each) are reduced by one
- *   transpose-add to [I_b0..I_b3], corrected by the block sums and scaled by
- *   d[r][b..b+3] * xd[b..b+3].
+ * GEMV (one token, memory bound): rows r and r + rows/2 together, 4 blocks
+ *   per step: two sequential streams far apart, which the hardware
+ *   prefetchers follow better than one (from DRAM, SmolLM2-135M shapes:
+ *   576x1536 ~14 -> ~17 GB/s, the 49152x576 head ~14 -> ~20 GB/s) and much
+ *   better than adjacent rows (~9 GB/s); 4 to 8 streams were slower. Each
+ *   activation load serves both rows. A row's 4 block partials (i32x4 each)
+ *   are reduced by one transpose-add to [I_b0..I_b3], corrected by the block
+ *   sums and scaled by d[r][b..b+3] * xd[b..b+3].
  *
  * GEMM (several tokens, compute bound): register tile of 4 rows x 4 tokens.
  *   The 4 rows are repacked per K chunk into a stack panel in "VNNI layout":
@@ -44,6 +53,19 @@
  * a 2-iteration loop and ~50 when they are a single basic block. */
 static const volatile int32_t split_basic_block = 1;
 
+/* Hides where pointer p comes from (an empty asm statement). After it, loads
+ * at p + constant keep the constant in the load's offset immediate, which
+ * Cranelift folds into the x86 addressing mode; otherwise LLVM's loop strength
+ * reduction rewrites them as base + induction variable + constant, an i32 add
+ * (one lea) per load. */
+#define OPAQUE(p) __asm__("" : "+r"(p))
+
+/* Stores v to a never-read sink: the store is a side effect, so Cranelift
+ * computes v right there, before the loads that follow it in the source, and
+ * does not move those loads above it. */
+static volatile v128_t keep_sink;
+#define KEEP(v) (keep_sink = (v))
+
 static inline v128_t rdot(v128_t w, v128_t u, v128_t acc) {
     return wasm_i32x4_relaxed_dot_i8x16_i7x16_add(w, u, acc);
 }
@@ -59,64 +81,146 @@ static inline __attribute__((always_inline)) v128_t splat_lane(v128_t v, int j) 
 }
 
 /* ---------------------------------------------------------------------------
- * GEMV: 1 row x 4 blocks per iteration
+ * GEMV: 2 rows x 4 blocks per step
  * ------------------------------------------------------------------------- */
 
-/* i32x4 partial dot of one 32-wide block (the 4 lanes still to be summed). */
+/* i32x4 partial dot of one 32-wide block (the 4 lanes still to be summed):
+ * per 16-byte half the i16 pair sums (x86: pmaddubsw; |pair| <= 2*128*127,
+ * exact in i16), widened pairwise to i32 (pmaddwd). Cheaper than chaining two
+ * i32x4.relaxed_dot_i8x16_i7x16_add from zero, which adds the zero too. */
 static inline v128_t block_dot(const int8_t *w, const int8_t *u) {
-    v128_t acc = rdot(wasm_v128_load(w), wasm_v128_load(u), wasm_i32x4_splat(0));
-    return rdot(wasm_v128_load(w + 16), wasm_v128_load(u + 16), acc);
+    v128_t a = wasm_i16x8_relaxed_dot_i8x16_i7x16(wasm_v128_load(w), wasm_v128_load(u));
+    v128_t b = wasm_i16x8_relaxed_dot_i8x16_i7x16(wasm_v128_load(w + 16), wasm_v128_load(u + 16));
+    return wasm_i32x4_add(wasm_i32x4_extadd_pairwise_i16x8(a), wasm_i32x4_extadd_pairwise_i16x8(b));
 }
 
-/* 4 consecutive blocks of one row -> f32x4 of their scaled dot products. */
+/* [I_b0..I_b3] -> f32x4 of d * xd * I, with I = dot - 64 * s (i16 s widened) */
+static inline v128_t scale_4blocks(v128_t dot, v128_t s32, v128_t d, v128_t xd) {
+    v128_t i = wasm_f32x4_convert_i32x4(wasm_i32x4_sub(dot, wasm_i32x4_shl(s32, 6)));
+    return wasm_f32x4_mul(i, wasm_f32x4_mul(d, xd));
+}
+
+/* 4 consecutive blocks of one row -> f32x4 of their scaled dot products; one
+ * block (4 loads) at a time (KEEP). */
 static inline v128_t row_4blocks(const int8_t *w, const int8_t *u, const int16_t *s,
                                  const float *d, const float *xd) {
-    v128_t p[4] = {wasm_i32x4_splat(0), wasm_i32x4_splat(0), wasm_i32x4_splat(0),
-                   wasm_i32x4_splat(0)};
-    for (int i = 0; i < 4; i += 2) {
-        /* Never taken (see split_basic_block): the first two blocks' loads and
-         * arithmetic form one basic block, the last two another. */
-        if (i == 2 && !split_basic_block) break;
+    v128_t p[4];
+    for (int i = 0; i < 4; i++) {
         p[i] = block_dot(w + 32 * i, u + 32 * i);
-        p[i + 1] = block_dot(w + 32 * i + 32, u + 32 * i + 32);
+        KEEP(p[i]);
     }
-    v128_t dot = hsum4_i32x4(p[0], p[1], p[2], p[3]);
-    v128_t s64 = wasm_i32x4_shl(wasm_i32x4_load16x4(s), 6);
-    v128_t i = wasm_f32x4_convert_i32x4(wasm_i32x4_sub(dot, s64));
-    return wasm_f32x4_mul(i, wasm_f32x4_mul(wasm_v128_load(d), wasm_v128_load(xd)));
+    return scale_4blocks(hsum4_i32x4(p[0], p[1], p[2], p[3]), wasm_i32x4_load16x4(s),
+                         wasm_v128_load(d), wasm_v128_load(xd));
 }
 
-static float row_dot(const q8_matrix *w, int r, const int8_t *xu, const float *xd) {
-    size_t k = (size_t)w->k, nb = k / QK8_0;
-    const int8_t *wr = w->qs + (size_t)r * k;
-    const int16_t *s = w->s + (size_t)r * nb;
-    const float *d = w->d + (size_t)r * nb;
+/* The last n = 1..3 blocks of a row (k/32 % 4), the missing lanes zero; reads
+ * nothing past the n blocks. */
+static inline v128_t row_tail(const int8_t *w, const int8_t *u, const int16_t *s,
+                              const float *d, const float *xd, int n) {
+    v128_t z = wasm_i32x4_splat(0);
+    v128_t p0 = block_dot(w, u);
+    v128_t p1 = n > 1 ? block_dot(w + 32, u + 32) : z;
+    v128_t p2 = n > 2 ? block_dot(w + 64, u + 64) : z;
+    v128_t s16, dv, xv;
+    if (n == 1) {
+        s16 = wasm_v128_load16_lane(s, z, 0);
+        dv = wasm_v128_load32_zero(d);
+        xv = wasm_v128_load32_zero(xd);
+    } else if (n == 2) {
+        s16 = wasm_v128_load32_zero(s);
+        dv = wasm_v128_load64_zero(d);
+        xv = wasm_v128_load64_zero(xd);
+    } else {
+        s16 = wasm_v128_load16_lane(s + 2, wasm_v128_load32_zero(s), 2);
+        dv = wasm_v128_load32_lane(d + 2, wasm_v128_load64_zero(d), 2);
+        xv = wasm_v128_load32_lane(xd + 2, wasm_v128_load64_zero(xd), 2);
+    }
+    return scale_4blocks(hsum4_i32x4(p0, p1, p2, z), wasm_i32x4_extend_low_i16x8(s16), dv, xv);
+}
+
+/* One row (the last of an odd count): sum over its blocks of d * xd * I. */
+static float row_dot(const int8_t *wr, const int16_t *s, const float *d, const int8_t *xu,
+                     const float *xd, size_t nb) {
+    size_t nb4 = nb & ~(size_t)3;
     v128_t acc = wasm_f32x4_splat(0.0f);
-    size_t b = 0;
-    for (; b + 4 <= nb; b += 4)
-        acc = wasm_f32x4_add(acc,
-                             row_4blocks(wr + b * QK8_0, xu + b * QK8_0, s + b, d + b, xd + b));
-    float sum = hsum_f32x4(acc);
-    for (; b < nb; b++) { /* k/32 % 4 tail */
-        v128_t p = block_dot(wr + b * QK8_0, xu + b * QK8_0);
-        p = wasm_i32x4_add(p, wasm_i32x4_shuffle(p, p, 2, 3, 0, 1));
-        p = wasm_i32x4_add(p, wasm_i32x4_shuffle(p, p, 1, 0, 3, 2));
-        int32_t dot = wasm_i32x4_extract_lane(p, 0) - 64 * s[b];
-        sum += (float)dot * (d[b] * xd[b]);
+    for (size_t b = 0; b < nb4; b += 4) {
+        const int8_t *wb = wr + b * QK8_0, *ub = xu + b * QK8_0;
+        OPAQUE(wb);
+        OPAQUE(ub);
+        acc = wasm_f32x4_add(acc, row_4blocks(wb, ub, s + b, d + b, xd + b));
     }
-    return sum;
+    if (nb4 < nb)
+        acc = wasm_f32x4_add(acc, row_tail(wr + nb4 * QK8_0, xu + nb4 * QK8_0, s + nb4, d + nb4,
+                                           xd + nb4, (int)(nb - nb4)));
+    return hsum_f32x4(acc);
 }
 
+/* Rows a and b, 4 blocks: the block sums [I_b0..I_b3] of each (before the -64 s
+ * correction); one block (6 loads, the activations shared) at a time (KEEP). */
+static inline void rows2_4blocks(const int8_t *wa, const int8_t *wb, const int8_t *u,
+                                 v128_t *ia, v128_t *ib) {
+    v128_t pa[4], pb[4];
+    for (int i = 0; i < 4; i++) {
+        pa[i] = block_dot(wa + 32 * i, u + 32 * i);
+        pb[i] = block_dot(wb + 32 * i, u + 32 * i); /* u's loads are shared (CSE) */
+        KEEP(wasm_i32x4_add(pa[i], pb[i]));
+    }
+    *ia = hsum4_i32x4(pa[0], pa[1], pa[2], pa[3]);
+    *ib = hsum4_i32x4(pb[0], pb[1], pb[2], pb[3]);
+}
+
+/* Rows r and r + ro, 4 blocks from block b, added to acc_a and acc_b. */
+static inline void rows2_step(const int8_t *wr, size_t k, size_t ro, const int8_t *xu,
+                              const int16_t *s, const float *d, const float *xd, size_t nb,
+                              size_t b, v128_t *acc_a, v128_t *acc_b) {
+    const int8_t *wa = wr + b * QK8_0, *wb = wa + ro * k, *ub = xu + b * QK8_0;
+    OPAQUE(wa);
+    OPAQUE(wb);
+    OPAQUE(ub);
+    v128_t ia, ib;
+    rows2_4blocks(wa, wb, ub, &ia, &ib);
+    v128_t x = wasm_v128_load(xd + b);
+    *acc_a = wasm_f32x4_add(*acc_a, scale_4blocks(ia, wasm_i32x4_load16x4(s + b),
+                                                  wasm_v128_load(d + b), x));
+    *acc_b = wasm_f32x4_add(*acc_b, scale_4blocks(ib, wasm_i32x4_load16x4(s + ro * nb + b),
+                                                  wasm_v128_load(d + ro * nb + b), x));
+}
+
+/* Rows r and r + rows/2 together: two sequential streams through the matrix,
+ * far apart, which the hardware prefetchers follow better than one; the pair
+ * shares its activation loads. */
 static void gemv_q8_0(const q8_matrix *w, const int8_t *xu, const float *xd, float *y) {
-    for (int r = 0; r < w->rows; r++) y[r] = row_dot(w, r, xu, xd);
+    size_t k = (size_t)w->k, nb = k / QK8_0, nb4 = nb & ~(size_t)3;
+    size_t half = (size_t)w->rows / 2;
+    for (size_t r = 0; r < half; r++) {
+        const int8_t *wr = w->qs + r * k;
+        const int16_t *s = w->s + r * nb;
+        const float *d = w->d + r * nb;
+        v128_t acc_a = wasm_f32x4_splat(0.0f), acc_b = acc_a;
+        for (size_t b = 0; b < nb4; b += 4)
+            rows2_step(wr, k, half, xu, s, d, xd, nb, b, &acc_a, &acc_b);
+        if (nb4 < nb) {
+            int n = (int)(nb - nb4);
+            const int8_t *wt = wr + nb4 * QK8_0, *ut = xu + nb4 * QK8_0;
+            acc_a = wasm_f32x4_add(acc_a, row_tail(wt, ut, s + nb4, d + nb4, xd + nb4, n));
+            acc_b = wasm_f32x4_add(acc_b, row_tail(wt + half * k, ut, s + half * nb + nb4,
+                                                   d + half * nb + nb4, xd + nb4, n));
+        }
+        y[r] = hsum_f32x4(acc_a);
+        y[r + half] = hsum_f32x4(acc_b);
+    }
+    if (w->rows % 2) {
+        size_t r = (size_t)w->rows - 1;
+        y[r] = row_dot(w->qs + r * k, w->s + r * nb, w->d + r * nb, xu, xd, nb);
+    }
 }
 
 /* ---------------------------------------------------------------------------
  * GEMV with plain SIMD (i16 widening), for comparison with the relaxed path.
  * The activations are widened once per K chunk into a stack buffer as
  * q = u - 64 in i16; per row the weights are widened and multiplied with
- * i32x4.dot_i16x8 (no block-sum correction needed). Same 1 row x 4 blocks
- * structure as the relaxed GEMV.
+ * i32x4.dot_i16x8 (no block-sum correction needed); 1 row x 4 blocks per
+ * iteration.
  * ------------------------------------------------------------------------- */
 
 #define GEMV_I16_KC 8192 /* activations per chunk: 16 KB of i16 on the stack */
