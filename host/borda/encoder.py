@@ -65,14 +65,7 @@ class EncoderSession:
             "type_vocab_size": c["type_vocab_size"], "layer_norm_eps": c["layer_norm_eps"],
             "max_tokens": MAX_TOKENS,
         }  # fmt: skip
-        weights = {
-            name: {k: t[k] for k in ("dtype", "shape", "offset")}
-            for name, t in model.meta["tensors"].items()
-        }
-        self._box.invoke(
-            "init",
-            {"config": config, "weights": weights, "weights_end": model.meta["weights"]["end"]},
-        )
+        self._box.invoke("init", model.init_args(config))
         self.max_length = int(c["max_seq_length"])
         self._tokens = self._box.alloc(4 * MAX_TOKENS)
         self._lengths = self._box.alloc(4 * MAX_TOKENS)

@@ -97,20 +97,9 @@ class Kernels:
 
     def upload_q8_0(self, w_q8: np.ndarray) -> ResidentQ8:
         """Copy a (rows, K/32*34) Q8_0 matrix into the sandbox once and repack it there."""
-        w_q8 = np.asarray(w_q8)
-        quant._q8_0_fields(w_q8, "upload_q8_0")
-        if w_q8.ndim != 2:
-            raise InvalidInput(f"upload_q8_0: expected a 2-D matrix, got shape {w_q8.shape}")
-        rows, nb = w_q8.shape[0], w_q8.shape[1] // quant.Q8_0_BLOCK_BYTES
-        qs, d, s = (self._scratch(rows * nb * size) for size in (quant.QK, 4, 2))
-        mark = int(self.sandbox.call("borda_mark"))
-        try:
-            blocks = self._put(w_q8, np.uint8)
-            self._run("borda_repack_q8_0", blocks, qs, d, s, rows * nb)
-        finally:
-            self.sandbox.call("borda_release", mark)
-        self._floor = mark
-        return ResidentQ8(id(self), qs, d, s, rows, nb * quant.QK)
+        resident = self._repack(np.asarray(w_q8), "upload_q8_0")
+        self._floor = int(self.sandbox.call("borda_mark"))  # kept below per-call scratch
+        return resident
 
     def free_resident(self) -> None:
         """Forget every uploaded matrix and free its memory."""
@@ -128,7 +117,7 @@ class Kernels:
         resident = w if isinstance(w, ResidentQ8) else None
         try:
             if resident is None:
-                resident = self._repack_scratch(np.asarray(w))
+                resident = self._repack(np.asarray(w), "matmul_q8_0")
             elif resident.owner != id(self):
                 raise InvalidInput("matmul_q8_0: that ResidentQ8 belongs to another Kernels")
             if x2.shape[1] != resident.k:
@@ -157,13 +146,16 @@ class Kernels:
         finally:
             self._release()
 
-    def _repack_scratch(self, w_q8: np.ndarray) -> ResidentQ8:
-        quant._q8_0_fields(w_q8, "matmul_q8_0")
+    def _repack(self, w_q8: np.ndarray, what: str) -> ResidentQ8:
+        """Repack GGUF Q8_0 rows into planar arrays in the arena; the GGUF copy is freed."""
+        quant._q8_0_fields(w_q8, what)
         if w_q8.ndim != 2:
-            raise InvalidInput(f"matmul_q8_0: expected a 2-D Q8_0 matrix, got shape {w_q8.shape}")
+            raise InvalidInput(f"{what}: expected a 2-D Q8_0 matrix, got shape {w_q8.shape}")
         rows, nb = w_q8.shape[0], w_q8.shape[1] // quant.Q8_0_BLOCK_BYTES
         qs, d, s = (self._scratch(rows * nb * size) for size in (quant.QK, 4, 2))
+        mark = int(self.sandbox.call("borda_mark"))
         self._run("borda_repack_q8_0", self._put(w_q8, np.uint8), qs, d, s, rows * nb)
+        self.sandbox.call("borda_release", mark)
         return ResidentQ8(id(self), qs, d, s, rows, nb * quant.QK)
 
     def matmul_f32(
@@ -344,7 +336,7 @@ class Kernels:
         if ids.ndim != 1 or (ids.size and (ids.min() < 0 or ids.max() >= vocab)):
             raise InvalidInput(f"embed_q8_0: ids must be a 1-D array of values in [0, {vocab})")
         try:
-            table = self._repack_scratch(table_q8)
+            table = self._repack(table_q8, "embed_q8_0")
             out = self._scratch(ids.size * dim * 4)
             self._run(
                 "borda_embed_q8_0", table.qs, table.d, self._put(ids, np.int32), out, ids.size, dim

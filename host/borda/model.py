@@ -104,6 +104,14 @@ class Model:
             source=self.meta["source"]["name"],
         )
 
+    def init_args(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The runtime's "init" arguments: its config, the tensor table, the weights' end."""
+        weights = {
+            name: {k: t[k] for k in ("dtype", "shape", "offset")}
+            for name, t in self.meta["tensors"].items()
+        }
+        return {"config": config, "weights": weights, "weights_end": self.meta["weights"]["end"]}
+
     @property
     def is_encoder(self) -> bool:
         return self.runtime == ENCODER

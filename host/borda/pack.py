@@ -145,9 +145,13 @@ def pack(
     return write_model(spec, Path(out), quant_name, progress)
 
 
+def layout_end(layout: list[TensorLayout], base: int) -> int:
+    """The address just past the last tensor (base for a model without tensors)."""
+    return layout[-1].offset + layout[-1].nbytes if layout else base
+
+
 def total_weight_bytes(spec: ModelSpec, quant_name: str) -> int:
-    layout = plan_layout(spec, quant_name, 0)
-    return layout[-1].offset + layout[-1].nbytes if layout else 0
+    return layout_end(plan_layout(spec, quant_name, 0), 0)
 
 
 def write_model(
@@ -158,7 +162,7 @@ def write_model(
     sections = wasmfile.parse_sections(code)
     base = wasmfile.memory_min_pages(sections) * wasmfile.PAGE
     layout = plan_layout(spec, quant_name, base)
-    weights_end = layout[-1].offset + layout[-1].nbytes if layout else base
+    weights_end = layout_end(layout, base)
     pages = (weights_end + wasmfile.PAGE - 1) // wasmfile.PAGE
     if pages > wasmfile.MAX_PAGES:
         raise UnsupportedModel(
@@ -194,7 +198,7 @@ def _write_sections(
     if not any(s.id == wasmfile.DATA for s in sections):
         raise UnsupportedModel("the runtime module has no data section to extend")
     f.write(wasmfile.MAGIC)
-    weights_size = (layout[-1].offset + layout[-1].nbytes - base) if layout else 0
+    weights_size = layout_end(layout, base) - base
     for section in sections:
         if section.id == wasmfile.CUSTOM:
             continue  # the runtime's own names/producers sections are not needed

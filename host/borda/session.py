@@ -102,15 +102,7 @@ class Session:
             )
         }
         config.update(max_context=self.max_context, max_batch=MAX_BATCH)
-        weights = {
-            name: {k: t[k] for k in ("dtype", "shape", "offset")}
-            for name, t in self.model.meta["tensors"].items()
-        }
-        args = {
-            "config": config,
-            "weights": weights,
-            "weights_end": self.model.meta["weights"]["end"],
-        }
+        args = self.model.init_args(config)
         return args, {"rope_inv_freq": rope_inv_freq(c)}
 
     # -- running the model ------------------------------------------------------------
