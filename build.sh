@@ -25,7 +25,7 @@ declare -A MODULES=(
     [borda_llama]="kernels/*.c models/llama.c"
     [borda_bert]="kernels/*.c models/bert.c"
 )
-RUNTIME="runtime/arena.c runtime/abi.c runtime/msgpack.c"
+RUNTIME="runtime/arena.c runtime/abi.c runtime/msgpack.c runtime/model_common.c"
 CFLAGS=(--target=wasm32-freestanding -nostdlib -std=c11 -O3 -msimd128 -mrelaxed-simd
         -ffp-contract=off -Wall -Wextra -Werror -Iinclude
         -Wl,--no-entry -Wl,--strip-all -Wl,-z,stack-size=1048576)

@@ -19,10 +19,7 @@
  * borda.h at offset: qs int8 [rows*k], then d f32 [rows*k/32] at
  * offset + align64(rows*k), then s int16 [rows*k/32] at d + align64(rows*k/32*4)).
  * Q and K rows are in Hugging Face order: RoPE rotates halves (not pairs). */
-#include "borda.h"
-#include "msgpack.h"
-
-extern unsigned char __heap_base;
+#include "model_common.h"
 
 /* ---- borda_forward return codes ----
  *    0  ok: logits written
@@ -54,24 +51,17 @@ typedef struct {
     float norm_eps;
 } Config;
 
-typedef struct { /* a weight matrix [rows][k]: f32 or q8_0 */
-    int is_q8;
-    int rows, k; /* 0 rows: not loaded */
-    const float *f32;
-    q8_matrix q8;
-} Matrix;
-
 typedef struct {
     const float *attn_norm, *ffn_norm; /* [dim] */
     const float *bq, *bk, *bv;         /* optional biases (Qwen2); NULL when absent */
-    Matrix wq, wk, wv, wo;             /* [q_dim, dim] [kv_dim, dim] x2 [dim, q_dim] */
-    Matrix w_gate, w_up, w_down;       /* [hidden_dim, dim] x2 [dim, hidden_dim] */
+    model_matrix wq, wk, wv, wo;       /* [q_dim, dim] [kv_dim, dim] x2 [dim, q_dim] */
+    model_matrix w_gate, w_up, w_down; /* [hidden_dim, dim] x2 [dim, hidden_dim] */
 } Layer;
 
 typedef struct {
-    Matrix token_embd; /* [vocab, dim] */
+    model_matrix token_embd; /* [vocab, dim] */
     const float *output_norm;
-    Matrix output;     /* [vocab, dim]; token_embd when the embeddings are tied */
+    model_matrix output;     /* [vocab, dim]; token_embd when the embeddings are tied */
     Layer *layers;
 } Weights;
 
@@ -98,38 +88,8 @@ static uintptr_t state_lo, state_hi;        /* what init allocated: layers, KV, 
 
 /* ============================== forward pass ============================= */
 
-/* The input of one or more matmuls: n_tokens x k floats. For q8_0 matrices it
- * is quantized on first use into s.xq / s.xd and then shared (q, k and v, or
- * gate and up, read the same input). s.xq holds one input at a time: be done
- * with an Input before the next one is used. */
-typedef struct {
-    const float *x;
-    int n_tokens, k;
-    int quantized;
-} Input;
-
-/* y[t][rows] = in[t] . W[rows] (+ bias) */
-static void matmul(Input *in, const Matrix *m, const float *bias, float *y) {
-    if (!m->is_q8) {
-        gemm_f32(in->x, m->f32, bias, y, in->n_tokens, m->rows, m->k);
-        return;
-    }
-    if (!in->quantized) {
-        quantize_act(in->x, s.xq, s.xd, in->n_tokens, in->k);
-        in->quantized = 1;
-    }
-    gemm_q8_0(&m->q8, s.xq, s.xd, y, in->n_tokens);
-    if (bias)
-        for (int t = 0; t < in->n_tokens; t++)
-            for (int r = 0; r < m->rows; r++) y[(size_t)t * m->rows + r] += bias[r];
-}
-
-static void add(float *x, const float *y, int n) {
-    for (int i = 0; i < n; i++) x[i] += y[i];
-}
-
 static void embed(const int32_t *tokens, int n_tokens, float *x) {
-    const Matrix *e = &w.token_embd;
+    const model_matrix *e = &w.token_embd;
     if (e->is_q8) {
         embed_q8_0(e->q8.qs, e->q8.d, tokens, x, n_tokens, c.dim);
         return;
@@ -164,10 +124,10 @@ static void forward_layer(int l, int T, int pos, int n_out) {
 
     /* attention: q, k, v of the normed input; RoPE; append k, v to the cache */
     rmsnorm(s.x, L->attn_norm, s.xb, T, c.dim, c.norm_eps);
-    Input h = {s.xb, T, c.dim, 0};
-    matmul(&h, &L->wq, L->bq, s.q);
-    matmul(&h, &L->wk, L->bk, s.k);
-    matmul(&h, &L->wv, L->bv, s.v);
+    model_input h = {s.xb, T, c.dim, s.xq, s.xd, 0};
+    model_matmul(&h, &L->wq, L->bq, s.q);
+    model_matmul(&h, &L->wk, L->bk, s.k);
+    model_matmul(&h, &L->wv, L->bv, s.v);
     rope(s.q, T, c.n_heads, c.head_dim, pos, s.rope_inv_freq, 0);
     rope(s.k, T, c.n_kv_heads, c.head_dim, pos, s.rope_inv_freq, 0);
     store_kv(l, T, pos);
@@ -178,20 +138,20 @@ static void forward_layer(int l, int T, int pos, int n_out) {
               cache_at(s.value_cache, l, 0, 0), s.att, n_out, c.n_heads, c.n_kv_heads,
               c.head_dim, c.max_context, pos + t0, pos + T, 1,
               1.0f / borda_sqrtf((float)c.head_dim));
-    Input a = {s.att, n_out, q_dim, 0};
-    matmul(&a, &L->wo, NULL, s.xb);
+    model_input a = {s.att, n_out, q_dim, s.xq, s.xd, 0};
+    model_matmul(&a, &L->wo, NULL, s.xb);
     float *x = s.x + (size_t)t0 * c.dim;
-    add(x, s.xb, n_out * c.dim);
+    model_add(x, s.xb, n_out * c.dim);
 
     /* FFN: x += (silu(h Wg) * (h Wu)) Wd with h = rmsnorm(x) */
     rmsnorm(x, L->ffn_norm, s.xb, n_out, c.dim, c.norm_eps);
-    Input f = {s.xb, n_out, c.dim, 0};
-    matmul(&f, &L->w_gate, NULL, s.hb);
-    matmul(&f, &L->w_up, NULL, s.hb2);
+    model_input f = {s.xb, n_out, c.dim, s.xq, s.xd, 0};
+    model_matmul(&f, &L->w_gate, NULL, s.hb);
+    model_matmul(&f, &L->w_up, NULL, s.hb2);
     swiglu(s.hb, s.hb2, s.hb, n_out * c.hidden_dim);
-    Input g = {s.hb, n_out, c.hidden_dim, 0};
-    matmul(&g, &L->w_down, NULL, s.xb);
-    add(x, s.xb, n_out * c.dim);
+    model_input g = {s.hb, n_out, c.hidden_dim, s.xq, s.xd, 0};
+    model_matmul(&g, &L->w_down, NULL, s.xb);
+    model_add(x, s.xb, n_out * c.dim);
 }
 
 /* T <= max_batch tokens at positions pos..; logits of the last n_out of them. */
@@ -201,17 +161,8 @@ static void forward_chunk(const int32_t *tokens, int T, int pos, int n_out, floa
         forward_layer(l, T, pos, l == c.n_layers - 1 ? n_out : T);
     if (n_out == 0) return;
     rmsnorm(s.x + (size_t)(T - n_out) * c.dim, w.output_norm, s.xb, n_out, c.dim, c.norm_eps);
-    Input h = {s.xb, n_out, c.dim, 0};
-    matmul(&h, &w.output, NULL, logits);
-}
-
-/* [p, p + n) lies in the heap (the range host buffers come from) */
-static int in_heap(uint32_t p, uint64_t n) {
-    return n <= UINT32_MAX && borda_in_heap(p, (uint32_t)n);
-}
-
-static int overlaps(uint64_t p, uint64_t n, uint64_t lo, uint64_t hi) {
-    return p < hi && lo < p + n;
+    model_input h = {s.xb, n_out, c.dim, s.xq, s.xd, 0};
+    model_matmul(&h, &w.output, NULL, logits);
 }
 
 /* Runs tokens[0..n_tokens) at positions pos.. and writes float32 logits
@@ -226,11 +177,11 @@ int32_t borda_forward(uint32_t tokens_ptr, int32_t n_tokens, int32_t pos, uint32
 
     uint64_t tokens_bytes = (uint64_t)n_tokens * sizeof(int32_t);
     uint64_t logits_bytes = (uint64_t)(all_logits ? n_tokens : 1) * c.vocab_size * sizeof(float);
-    if (!in_heap(tokens_ptr, tokens_bytes) || !in_heap(logits_ptr, logits_bytes) ||
-        overlaps(tokens_ptr, tokens_bytes, state_lo, state_hi) ||
-        overlaps(logits_ptr, logits_bytes, state_lo, state_hi) ||
-        overlaps(logits_ptr, logits_bytes, weights_lo, weights_hi) ||
-        overlaps(logits_ptr, logits_bytes, tokens_ptr, tokens_ptr + tokens_bytes))
+    if (!model_in_heap(tokens_ptr, tokens_bytes) || !model_in_heap(logits_ptr, logits_bytes) ||
+        model_overlaps(tokens_ptr, tokens_bytes, state_lo, state_hi) ||
+        model_overlaps(logits_ptr, logits_bytes, state_lo, state_hi) ||
+        model_overlaps(logits_ptr, logits_bytes, weights_lo, weights_hi) ||
+        model_overlaps(logits_ptr, logits_bytes, tokens_ptr, tokens_ptr + tokens_bytes))
         return FWD_BAD_POINTER;
     const int32_t *tokens = (const int32_t *)(uintptr_t)tokens_ptr;
     float *logits = (float *)(uintptr_t)logits_ptr;
@@ -250,34 +201,10 @@ int32_t borda_forward(uint32_t tokens_ptr, int32_t n_tokens, int32_t pos, uint32
 
 /* ================================= init ================================== */
 
-static char err[BORDA_ERR_MAX], msg[BORDA_ERR_MAX];
-
-static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int fail(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    borda_vfmt(err, sizeof err, fmt, ap);
-    va_end(ap);
-    return 0;
-}
-
-static uint64_t align64(uint64_t n) { return (n + 63) & ~(uint64_t)63; }
-static uint64_t memory_bytes(void) { return (uint64_t)__builtin_wasm_memory_size(0) * 65536u; }
+static char err[BORDA_ERR_MAX];
+#define fail(...) borda_failf(err, __VA_ARGS__) /* formats into err, returns 0 */
 
 /* ---- config ---- */
-
-/* config.key: an integer in [lo, hi] */
-static int read_int(const mp_reader *map, const char *key, int64_t lo, int64_t hi, int *out) {
-    mp_reader v;
-    int64_t x;
-    if (mp_map_find(map, key, &v) != 1) return fail("config has no '%s'", key);
-    if (!mp_read_int(&v, &x)) return fail("config '%s' must be an integer", key);
-    if (x < lo || x > hi)
-        return fail("config '%s' is %lld, expected %lld..%lld", key, (long long)x, (long long)lo,
-                    (long long)hi);
-    *out = (int)x;
-    return 1;
-}
 
 static int read_config(const mp_reader *map) {
     static const char *const keys[] = {"vocab_size", "hidden_size", "n_layers", "n_heads",
@@ -285,15 +212,15 @@ static int read_config(const mp_reader *map) {
                                        "rms_norm_eps", "max_context", "max_batch", 0};
     if (mp_peek(map) != MP_T_MAP) return fail("arg 'config' must be a map");
     if (!borda_check_keys(map, keys, "config key", err)) return 0;
-    if (!read_int(map, "vocab_size", 1, 1 << 22, &c.vocab_size) ||
-        !read_int(map, "hidden_size", 1, 1 << 20, &c.dim) ||
-        !read_int(map, "n_layers", 1, 1024, &c.n_layers) ||
-        !read_int(map, "n_heads", 1, 1024, &c.n_heads) ||
-        !read_int(map, "n_kv_heads", 1, 1024, &c.n_kv_heads) ||
-        !read_int(map, "head_dim", 1, 1024, &c.head_dim) ||
-        !read_int(map, "intermediate_size", 1, 1 << 20, &c.hidden_dim) ||
-        !read_int(map, "max_context", 1, 1 << 22, &c.max_context) ||
-        !read_int(map, "max_batch", 1, 1 << 16, &c.max_batch))
+    if (!model_config_int(map, "vocab_size", 1, 1 << 22, &c.vocab_size, err) ||
+        !model_config_int(map, "hidden_size", 1, 1 << 20, &c.dim, err) ||
+        !model_config_int(map, "n_layers", 1, 1024, &c.n_layers, err) ||
+        !model_config_int(map, "n_heads", 1, 1024, &c.n_heads, err) ||
+        !model_config_int(map, "n_kv_heads", 1, 1024, &c.n_kv_heads, err) ||
+        !model_config_int(map, "head_dim", 1, 1024, &c.head_dim, err) ||
+        !model_config_int(map, "intermediate_size", 1, 1 << 20, &c.hidden_dim, err) ||
+        !model_config_int(map, "max_context", 1, 1 << 22, &c.max_context, err) ||
+        !model_config_int(map, "max_batch", 1, 1 << 16, &c.max_batch, err))
         return 0;
     mp_reader v;
     double eps;
@@ -329,7 +256,7 @@ static int dim_of(int which) {
 static const struct {
     const char *name;
     int rows, k, required;
-    size_t field; /* offset in Layer of a const float * (vector) or a Matrix */
+    size_t field; /* offset in Layer of a const float * (vector) or a model_matrix */
 } layer_tensors[] = {
     {"attn_norm.weight", -1, SHAPE_DIM, 1, __builtin_offsetof(Layer, attn_norm)},
     {"attn_q.weight", SHAPE_Q, SHAPE_DIM, 1, __builtin_offsetof(Layer, wq)},
@@ -346,214 +273,51 @@ static const struct {
 };
 #define N_LAYER_TENSORS ((int)(sizeof layer_tensors / sizeof layer_tensors[0]))
 
-/* Where a named tensor goes and the shape it must have. */
-typedef struct {
-    int rows, k;       /* rows -1: a vector of k */
-    const float **vec; /* destination of a vector, or */
-    Matrix *mat;       /* of a matrix */
-} Slot;
-
-static void layer_slot(int layer, int j, Slot *slot) {
+static void layer_slot(int layer, int j, model_slot *slot) {
     char *field = (char *)&w.layers[layer] + layer_tensors[j].field;
     slot->rows = layer_tensors[j].rows < 0 ? -1 : dim_of(layer_tensors[j].rows);
     slot->k = dim_of(layer_tensors[j].k);
     slot->vec = slot->rows < 0 ? (const float **)(void *)field : 0;
-    slot->mat = slot->rows < 0 ? 0 : (Matrix *)(void *)field;
-}
-
-static int slot_loaded(const Slot *slot) {
-    return slot->vec ? *slot->vec != 0 : slot->mat->rows != 0;
-}
-
-static int parse_uint(const char *p, uint32_t n, int *out) { /* canonical decimal only */
-    if (n == 0 || n > 7 || (p[0] == '0' && n > 1)) return 0;
-    int v = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        if (p[i] < '0' || p[i] > '9') return 0;
-        v = v * 10 + (p[i] - '0');
-    }
-    *out = v;
-    return 1;
+    slot->mat = slot->rows < 0 ? 0 : (model_matrix *)(void *)field;
 }
 
 /* 1 and the slot of a known tensor name; 0 for an unknown one */
-static int find_slot(const char *name, uint32_t len, Slot *slot) {
-    Slot matrix = {c.vocab_size, c.dim, 0, 0}, norm = {-1, c.dim, &w.output_norm, 0};
+static int find_slot(const char *name, uint32_t len, model_slot *slot) {
+    model_slot matrix = {c.vocab_size, c.dim, 0, 0}, norm = {-1, c.dim, &w.output_norm, 0};
     *slot = matrix;
     if (mp_str_eq(name, len, "token_embd.weight")) return slot->mat = &w.token_embd, 1;
     if (mp_str_eq(name, len, "output.weight")) return slot->mat = &w.output, 1;
     if (mp_str_eq(name, len, "output_norm.weight")) return *slot = norm, 1;
     /* blk.{i}.{suffix} */
-    if (len < 6 || !mp_str_eq(name, 4, "blk.")) return 0;
-    uint32_t dot = 4;
-    while (dot < len && name[dot] != '.') dot++;
     int layer;
-    if (dot == len || !parse_uint(name + 4, dot - 4, &layer) || layer >= c.n_layers) return 0;
+    const char *suffix;
+    uint32_t suffix_len;
+    if (!model_block_name(name, len, c.n_layers, &layer, &suffix, &suffix_len)) return 0;
     for (int j = 0; j < N_LAYER_TENSORS; j++)
-        if (mp_str_eq(name + dot + 1, len - dot - 1, layer_tensors[j].name)) {
+        if (mp_str_eq(suffix, suffix_len, layer_tensors[j].name)) {
             layer_slot(layer, j, slot);
             return 1;
         }
     return 0;
 }
 
-/* A tensor as the request describes it. */
-typedef struct {
-    int is_q8, ndim;
-    int64_t shape[2]; /* the first two dims */
-    int64_t offset;
-} TensorDesc;
-
-/* {"dtype": "f32"|"q8_0", "shape": [..], "offset": int} */
-static int read_desc(const char *name, uint32_t len, const mp_reader *v, TensorDesc *t) {
-    static const char *const keys[] = {"dtype", "shape", "offset", 0};
-    char what[96];
-    mp_reader f;
-    if (mp_peek(v) != MP_T_MAP) return fail("weight '%.*s' must be a map", (int)len, name);
-    borda_fmt(what, sizeof what, "key in weight '%.*s':", (int)len, name);
-    if (!borda_check_keys(v, keys, what, err)) return 0;
-
-    const char *dt;
-    uint32_t dtlen;
-    if (mp_map_find(v, "dtype", &f) != 1 || !mp_read_str(&f, &dt, &dtlen))
-        return fail("weight '%.*s' needs a str 'dtype'", (int)len, name);
-    t->is_q8 = mp_str_eq(dt, dtlen, "q8_0");
-    if (!t->is_q8 && !mp_str_eq(dt, dtlen, "f32"))
-        return fail("weight '%.*s' has dtype '%.*s', expected f32 or q8_0", (int)len, name,
-                    (int)dtlen, dt);
-
-    uint32_t ndim;
-    if (mp_map_find(v, "shape", &f) != 1 || !mp_read_array(&f, &ndim))
-        return fail("weight '%.*s' needs an array 'shape'", (int)len, name);
-    t->ndim = (int)(ndim < 8 ? ndim : 8);
-    t->shape[0] = t->shape[1] = 0;
-    for (uint32_t i = 0; i < ndim; i++) {
-        int64_t d;
-        if (!mp_read_int(&f, &d))
-            return fail("weight '%.*s' dims must be integers", (int)len, name);
-        if (i < 2) t->shape[i] = d;
-    }
-
-    if (mp_map_find(v, "offset", &f) != 1 || !mp_read_int(&f, &t->offset))
-        return fail("weight '%.*s' needs an integer 'offset'", (int)len, name);
-    return 1;
-}
-
-static void format_shape(char *buf, int ndim, const int64_t *shape) {
-    if (ndim == 1)
-        borda_fmt(buf, 48, "[%lld]", (long long)shape[0]);
-    else if (ndim == 2)
-        borda_fmt(buf, 48, "[%lld, %lld]", (long long)shape[0], (long long)shape[1]);
-    else
-        borda_fmt(buf, 48, "a %d-dim shape", ndim);
-}
-
-/* Checks t against the slot (dtype, shape, extent inside the weights) and
- * points the slot at the data. */
-static int bind(const char *name, uint32_t len, const Slot *slot, const TensorDesc *t) {
-    if (t->is_q8 && slot->vec)
-        return fail("weight '%.*s' has dtype q8_0, expected f32", (int)len, name);
-    int64_t want[2] = {slot->vec ? slot->k : slot->rows, slot->k};
-    int want_ndim = slot->vec ? 1 : 2;
-    if (t->ndim != want_ndim || t->shape[0] != want[0] ||
-        (want_ndim == 2 && t->shape[1] != want[1])) {
-        char got[48], exp[48];
-        format_shape(got, t->ndim, t->shape);
-        format_shape(exp, want_ndim, want);
-        return fail("%.*s has shape %s, expected %s", (int)len, name, got, exp);
-    }
-    int rows = slot->vec ? 1 : slot->rows, k = slot->k;
-    if (t->is_q8 && k % QK8_0)
-        return fail("%.*s is q8_0, but its rows (%d values) are not a multiple of %d", (int)len,
-                    name, k, QK8_0);
-
-    uint64_t n = (uint64_t)rows * (uint64_t)k, nb = n / QK8_0;
-    uint64_t bytes = t->is_q8 ? align64(n) + align64(nb * 4) + nb * 2 : n * 4;
-    if (t->offset < (int64_t)(uintptr_t)&__heap_base || (uint64_t)t->offset + bytes > weights_hi)
-        return fail("%.*s (offset %lld, %llu bytes) is outside the weights [%u, %llu)",
-                    (int)len, name, (long long)t->offset, (unsigned long long)bytes,
-                    (unsigned)(uintptr_t)&__heap_base, (unsigned long long)weights_hi);
-    if (t->offset % 4)
-        return fail("%.*s offset %lld is not 4-byte aligned", (int)len, name,
-                    (long long)t->offset);
-    if ((uint64_t)t->offset < weights_lo) weights_lo = (uintptr_t)t->offset;
-
-    const char *p = (const char *)(uintptr_t)t->offset;
-    if (slot->vec) {
-        *slot->vec = (const float *)(const void *)p;
-        return 1;
-    }
-    Matrix *m = slot->mat;
-    m->is_q8 = t->is_q8;
-    m->rows = rows;
-    m->k = k;
-    if (t->is_q8) {
-        m->q8.qs = (const int8_t *)p;
-        m->q8.d = (const float *)(const void *)(p + align64(n));
-        m->q8.s = (const int16_t *)(const void *)(p + align64(n) + align64(nb * 4));
-        m->q8.rows = rows;
-        m->q8.k = k;
-    } else {
-        m->f32 = (const float *)(const void *)p;
-    }
-    return 1;
-}
-
 static int load_weights(const mp_reader *map) {
-    mp_reader r = *map;
-    uint32_t n;
-    if (mp_peek(&r) != MP_T_MAP || !mp_read_map(&r, &n))
-        return fail("arg 'weights' must be a map");
-    for (uint32_t i = 0; i < n; i++) {
-        const char *name;
-        uint32_t len;
-        Slot slot;
-        TensorDesc t;
-        if (!mp_read_str(&r, &name, &len)) return fail("weight names must be strings");
-        if (!find_slot(name, len, &slot))
-            return fail("unknown weight '%.*s' (n_layers is %d)", (int)len, name, c.n_layers);
-        if (slot_loaded(&slot)) return fail("duplicate weight '%.*s'", (int)len, name);
-        if (!read_desc(name, len, &r, &t) || !bind(name, len, &slot, &t)) return 0;
-        if (!mp_skip(&r)) return fail("arg 'weights' is malformed");
-    }
+    if (!model_load_weights(map, find_slot, c.n_layers, &weights_lo, weights_hi, err)) return 0;
     /* everything required is there */
     if (!w.token_embd.rows) return fail("missing weight 'token_embd.weight'");
     if (!w.output_norm) return fail("missing weight 'output_norm.weight'");
     if (!w.output.rows) w.output = w.token_embd; /* tied embeddings */
     for (int l = 0; l < c.n_layers; l++)
         for (int j = 0; j < N_LAYER_TENSORS; j++) {
-            Slot slot;
+            model_slot slot;
             layer_slot(l, j, &slot);
-            if (layer_tensors[j].required && !slot_loaded(&slot))
+            if (layer_tensors[j].required && !model_slot_loaded(&slot))
                 return fail("missing weight 'blk.%d.%s'", l, layer_tensors[j].name);
         }
     return 1;
 }
 
 /* ---- allocation ---- */
-
-/* One arena block carved into the buffers of list (sizes in bytes, each 64-aligned). */
-typedef struct {
-    void **ptr;
-    uint64_t bytes;
-} Buffer;
-
-static uint64_t total_bytes(const Buffer *b, int n) {
-    uint64_t sum = 0;
-    for (int i = 0; i < n; i++) sum += align64(b[i].bytes);
-    return sum;
-}
-
-static int alloc_buffers(const Buffer *b, int n) {
-    uint64_t total = total_bytes(b, n);
-    char *p = total <= UINT32_MAX ? arena_alloc((size_t)total) : 0;
-    if (!p) return 0;
-    for (int i = 0; i < n; i++) {
-        *b[i].ptr = p;
-        p += align64(b[i].bytes);
-    }
-    return 1;
-}
 
 typedef struct {
     uint64_t kv_bytes, scratch_bytes;
@@ -567,12 +331,12 @@ static int allocate_state(const borda_tensor *inv_freq, InitResult *res) {
     if ((uint64_t)c.hidden_dim > max_k) max_k = (uint64_t)c.hidden_dim;
     uint64_t cache = (uint64_t)c.n_layers * kv_dim * (uint64_t)c.max_context * sizeof(float);
 
-    Buffer kv[] = {{(void **)&s.key_cache, cache}, {(void **)&s.value_cache, cache}};
-    if (!alloc_buffers(kv, 2))
+    model_buffer kv[] = {{(void **)&s.key_cache, cache}, {(void **)&s.value_cache, cache}};
+    if (!model_alloc_buffers(kv, 2))
         return fail("out of memory: the KV cache for max_context=%d needs %llu bytes; lower "
                     "max_context or raise the memory limit", c.max_context,
-                    (unsigned long long)total_bytes(kv, 2));
-    Buffer scratch[] = {
+                    (unsigned long long)model_buffers_bytes(kv, 2));
+    model_buffer scratch[] = {
         {(void **)&s.x, B * c.dim * 4},         {(void **)&s.xb, B * c.dim * 4},
         {(void **)&s.q, B * q_dim * 4},         {(void **)&s.k, B * kv_dim * 4},
         {(void **)&s.v, B * kv_dim * 4},        {(void **)&s.att, B * q_dim * 4},
@@ -581,13 +345,13 @@ static int allocate_state(const borda_tensor *inv_freq, InitResult *res) {
         {(void **)&s.rope_inv_freq, (uint64_t)c.head_dim / 2 * 4},
     };
     int n = (int)(sizeof scratch / sizeof scratch[0]);
-    if (!alloc_buffers(scratch, n))
+    if (!model_alloc_buffers(scratch, n))
         return fail("out of memory: scratch for max_batch=%d needs %llu bytes; lower max_batch "
                     "or raise the memory limit", c.max_batch,
-                    (unsigned long long)total_bytes(scratch, n));
+                    (unsigned long long)model_buffers_bytes(scratch, n));
     __builtin_memcpy(s.rope_inv_freq, inv_freq->data, inv_freq->nbytes);
-    res->kv_bytes = total_bytes(kv, 2);
-    res->scratch_bytes = total_bytes(scratch, n);
+    res->kv_bytes = model_buffers_bytes(kv, 2);
+    res->scratch_bytes = model_buffers_bytes(scratch, n);
     return 1;
 }
 
@@ -607,9 +371,9 @@ static int init(const borda_request *rq, InitResult *res) {
     int64_t end = -1;
     if (!borda_arg_int(rq, "weights_end", &end, err)) return 0;
     if (end < 0) return fail("missing arg 'weights_end'");
-    if ((uint64_t)end > memory_bytes())
+    if ((uint64_t)end > model_memory_bytes())
         return fail("arg 'weights_end' (%lld) is beyond the memory size (%llu)", (long long)end,
-                    (unsigned long long)memory_bytes());
+                    (unsigned long long)model_memory_bytes());
 
     borda_tensor inv_freq;
     if (!borda_get_tensor(rq, "rope_inv_freq", BORDA_F32, 4, &inv_freq, err)) return 0;
@@ -630,7 +394,7 @@ static int init(const borda_request *rq, InitResult *res) {
     if (mp_map_find(&rq->args, "weights", &v) != 1) return fail("missing arg 'weights'");
     if (!load_weights(&v)) return 0;
     if (!allocate_state(&inv_freq, res)) return 0;
-    res->scratch_bytes += align64(layers_bytes);
+    res->scratch_bytes += model_align64(layers_bytes);
     state_hi = arena_mark();
     arena_keep(); /* the host's arena resets never free the model's state */
     n_past = 0;
@@ -640,23 +404,8 @@ static int init(const borda_request *rq, InitResult *res) {
 
 /* ============================== borda_invoke ============================= */
 
-static void write_info(mp_writer *m, const void *ctx) {
-    (void)ctx;
-    mp_write_map(m, 2);
-    mp_write_cstr(m, "ok");
-    mp_write_bool(m, 1);
-    mp_write_cstr(m, "result");
-    mp_write_map(m, 3);
-    mp_write_cstr(m, "abi");
-    mp_write_int(m, BORDA_ABI_VERSION);
-    mp_write_cstr(m, "module");
-    mp_write_cstr(m, "borda_llama");
-    mp_write_cstr(m, "functions");
-    mp_write_array(m, 3);
-    mp_write_cstr(m, "info");
-    mp_write_cstr(m, "init");
-    mp_write_cstr(m, "reset");
-}
+static const char *const functions[] = {"info", "init", "reset", 0};
+static const model_info module_info = {"borda_llama", functions};
 
 static void write_init(mp_writer *m, const void *ctx) {
     const InitResult *r = ctx;
@@ -680,11 +429,6 @@ static void write_empty(mp_writer *m, const void *ctx) {
     mp_write_map(m, 0);
 }
 
-static int64_t error_response(const char *fn) {
-    borda_fmt(msg, sizeof msg, "%s: %s", fn, err);
-    return borda_error_response(msg);
-}
-
 BORDA_EXPORT("borda_invoke") int64_t borda_invoke(uint32_t req_ptr, uint32_t req_len) {
     static const char *const none[] = {0};
     borda_request rq;
@@ -693,7 +437,7 @@ BORDA_EXPORT("borda_invoke") int64_t borda_invoke(uint32_t req_ptr, uint32_t req
         return borda_error_response(err);
     if (mp_str_eq(rq.fn, rq.fn_len, "init")) {
         InitResult res;
-        if (!init(&rq, &res)) return error_response("init");
+        if (!init(&rq, &res)) return borda_fn_error_response("init", err);
         return borda_respond(write_init, &res);
     }
     int info = mp_str_eq(rq.fn, rq.fn_len, "info"), reset = mp_str_eq(rq.fn, rq.fn_len, "reset");
@@ -705,8 +449,8 @@ BORDA_EXPORT("borda_invoke") int64_t borda_invoke(uint32_t req_ptr, uint32_t req
     const char *fn = info ? "info" : "reset";
     if (!borda_check_keys(&rq.args, none, "arg", err) ||
         !borda_check_keys(&rq.tensors, none, "tensor", err))
-        return error_response(fn);
-    if (info) return borda_respond(write_info, 0);
+        return borda_fn_error_response(fn, err);
+    if (info) return borda_respond(model_write_info, &module_info);
     n_past = 0;
     return borda_respond(write_empty, 0);
 }

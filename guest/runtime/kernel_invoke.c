@@ -14,8 +14,7 @@
  *   silu, gelu       x f32, any shape                 -           f32, shape of x
  * w and b are checked by element count (w may be [dim] or [1, dim]); eps defaults
  * match borda.kernels. Unknown tensor or arg names are errors. */
-#include "borda.h"
-#include "msgpack.h"
+#include "model_common.h" /* borda_failf, borda_fn_error_response */
 
 typedef struct {
     const void *x, *w, *b;
@@ -57,7 +56,8 @@ static const fn_def fns[] = {
 };
 #define N_FNS ((int)(sizeof fns / sizeof fns[0]))
 
-static char err[BORDA_ERR_MAX], msg[BORDA_ERR_MAX];
+static char err[BORDA_ERR_MAX];
+#define fail(...) borda_failf(err, __VA_ARGS__) /* formats into err, returns 0 */
 
 /* ---- info ---- */
 
@@ -98,15 +98,6 @@ static void write_head(mp_writer *w, const void *ctx) {
     mp_write_cstr(w, "tensors");
     mp_write_map(w, 1);
     borda_write_tensor_header(w, "y", o->dtype, o->ndim, o->shape);
-}
-
-static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int fail(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    borda_vfmt(err, sizeof err, fmt, ap);
-    va_end(ap);
-    return 0;
 }
 
 /* Validates the request against f; fills c (except y) and y's shape. */
@@ -168,10 +159,7 @@ static int plan(const fn_def *f, const borda_request *rq, call *c, out_desc *o) 
 static int64_t run(const fn_def *f, const borda_request *rq) {
     call c;
     out_desc o;
-    if (!plan(f, rq, &c, &o)) {
-        borda_fmt(msg, sizeof msg, "%s: %s", f->name, err);
-        return borda_error_response(msg);
-    }
+    if (!plan(f, rq, &c, &o)) return borda_fn_error_response(f->name, err);
     uint64_t nbytes = borda_dtype_size(o.dtype);
     for (int i = 0; i < o.ndim; i++) nbytes *= (uint32_t)o.shape[i];
 
@@ -184,9 +172,8 @@ static int64_t run(const fn_def *f, const borda_request *rq) {
     uint64_t total = (uint64_t)head + 63 + nbytes;
     uint8_t *buf = total <= UINT32_MAX ? arena_alloc((size_t)total) : 0;
     if (!buf) {
-        borda_fmt(msg, sizeof msg, "%s: out of memory for a %llu-byte response", f->name,
-                  (unsigned long long)total);
-        return borda_error_response(msg);
+        fail("out of memory for a %llu-byte response", (unsigned long long)total);
+        return borda_fn_error_response(f->name, err);
     }
     uint8_t *start = (uint8_t *)((((uintptr_t)buf + head + 63) & ~(uintptr_t)63) - head);
     mp_writer_init(&w, start, head);
@@ -208,10 +195,8 @@ BORDA_EXPORT("borda_invoke") int64_t borda_invoke(uint32_t req_ptr, uint32_t req
     if (mp_str_eq(rq.fn, rq.fn_len, "info")) {
         static const char *const none[] = {0};
         if (!borda_check_keys(&rq.args, none, "arg", err) ||
-            !borda_check_keys(&rq.tensors, none, "tensor", err)) {
-            borda_fmt(msg, sizeof msg, "info: %s", err);
-            return borda_error_response(msg);
-        }
+            !borda_check_keys(&rq.tensors, none, "tensor", err))
+            return borda_fn_error_response("info", err);
         return borda_respond(write_info, 0);
     }
     for (int i = 0; i < N_FNS; i++)
