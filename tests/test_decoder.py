@@ -22,7 +22,7 @@ from borda.tokenizer import StreamDecoder
 from model_factory import TinyTokenizer, byte_level_tokenizer, make_hf_model, write_gguf
 
 torch.set_num_threads(1)
-MAX_Q8_0_ERROR = 0.05  # of the largest logit at a position, Q8_0 vs dequantized weights
+MAX_Q8_0_ERROR = 0.01  # of the largest logit at a position, Q8_0 vs dequantized weights
 PROMPT = "the quick brown fox 🦙 jumps over a lazy dog while we've been told it's fine"
 
 
@@ -91,26 +91,7 @@ def packed(root: Path, quant: str) -> Path:
     return out
 
 
-def round_half_away(v: torch.Tensor) -> torch.Tensor:
-    a = v.abs()
-    return v.sign() * (a.floor() + (2 * (a - a.floor())).floor())
-
-
-def quantize_activations(
-    module: torch.nn.Module, args: tuple[torch.Tensor, ...]
-) -> tuple[torch.Tensor]:
-    """What the guest feeds every int8 matmul: per token, blocks of 32, 7 bits (borda.h)."""
-    x = args[0]
-    blocks = x.reshape(-1, 32)
-    d = blocks.abs().amax(dim=1, keepdim=True) / 63
-    inv = torch.where(d > 0, 1 / torch.where(d > 0, d, 1), 0)
-    q = round_half_away(blocks * inv).clamp(-63, 63)
-    return ((q * d).reshape(x.shape),)
-
-
-def reference_logits(
-    root: Path, ids: list[int], dequantize: bool = False, quantized_activations: bool = False
-) -> np.ndarray:
+def reference_logits(root: Path, ids: list[int], dequantize: bool = False) -> np.ndarray:
     model = AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32).eval()
     if dequantize:  # what --quant q8_0 stores: every matrix through GGUF's Q8_0
         q8 = gguf.GGMLQuantizationType.Q8_0
@@ -119,16 +100,12 @@ def reference_logits(
                 if p.ndim == 2:
                     w = p.detach().numpy()
                     p.copy_(torch.tensor(gguf.quants.dequantize(gguf.quants.quantize(w, q8), q8)))
-    if quantized_activations:
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.register_forward_pre_hook(quantize_activations)
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].numpy()
 
 
-def prompt_ids(model: borda.Model) -> list[int]:
-    return list(model.tokenizer.encode(PROMPT * 5).ids)
+def prompt_ids(model: borda.Model, repeat: int = 5) -> list[int]:
+    return list(model.tokenizer.encode(PROMPT * repeat).ids)
 
 
 def test_vocab_is_not_a_multiple_of_32(hf_model: tuple[str, Path]) -> None:
@@ -163,46 +140,25 @@ def test_f32_greedy_generation_equals_transformers_generate(hf_model: tuple[str,
     assert list(model.session().generate_ids(ids, 32, stop_at_eos=False)) == ours  # deterministic
 
 
-def test_q8_0_logits_equal_transformers_with_the_same_quantization(
-    stable_model: tuple[str, Path],
-) -> None:
-    # transformers on Q8_0-dequantized weights, with its matmul inputs quantized as borda.h
-    # specifies: the int8 pipeline is the only difference, and it must be exact
-    model = borda.load(packed(stable_model[1], "q8_0"))
-    ids = prompt_ids(model)
-    got = model.session().logits(ids)
-    ref = reference_logits(stable_model[1], ids, dequantize=True, quantized_activations=True)
-    rel = np.abs(got - ref).max(axis=1) / np.abs(ref).max(axis=1)
-    # A float-order difference can round one activation the other way at a .5 boundary;
-    # that step then reaches later positions through the KV cache. Most positions are exact.
-    assert np.mean(rel < 1e-4) >= 0.75, f"median error {np.median(rel):.2e}"
-    assert rel.max() < 0.05
-
-
 def test_q8_0_logits_track_transformers_on_dequantized_weights(
     stable_model: tuple[str, Path],
 ) -> None:
-    # Against float activations the 7-bit activation quantization is the difference left.
-    # Random models have flat logits, so some top-1 choices are near-ties that any 8-bit
-    # scheme flips (llama.cpp's too); the bound is stated on decisive positions.
+    # Against float activations the 12-bit activation quantization is the difference left:
+    # the stated bound is MAX_Q8_0_ERROR of the largest logit (measured: <= 0.2%).
+    # (7-bit activations flipped 3-7% of these models' near-tie top-1 choices.)
     model = borda.load(packed(stable_model[1], "q8_0"))
-    ids = prompt_ids(model)
+    ids = prompt_ids(model, repeat=12)
+    assert len(ids) >= 200
     got = model.session().logits(ids)
     ref = reference_logits(stable_model[1], ids, dequantize=True)
-    scale = np.abs(ref).max(axis=1)
-    error = np.abs(got - ref).max(axis=1) / scale
-    top2 = np.sort(ref, axis=1)[:, -2:]
-    decisive = (top2[:, 1] - top2[:, 0]) / scale > 2 * MAX_Q8_0_ERROR
+    error = np.abs(got - ref).max(axis=1) / np.abs(ref).max(axis=1)
     agree = got.argmax(axis=1) == ref.argmax(axis=1)
     print(
-        f"{stable_model[0]}: top-1 agreement {agree.mean():.3f} overall, "
-        f"{agree[decisive].mean():.3f} on {decisive.sum()} decisive positions; "
-        f"max error {error.max():.2%} of the largest logit"
+        f"{stable_model[0]}: top-1 agreement {agree.mean():.3f} over {len(ids)} positions; "
+        f"max error {error.max():.3%} of the largest logit"
     )
+    assert agree.mean() >= 0.98
     assert error.max() < MAX_Q8_0_ERROR
-    assert decisive.sum() >= 10
-    assert agree[decisive].mean() >= 0.98
-    assert agree.mean() >= 0.9
 
 
 def test_gguf_q8_0_packs_to_bitwise_identical_logits(

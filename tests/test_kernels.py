@@ -83,30 +83,49 @@ def q8_0_bytes(scales: np.ndarray, qs: np.ndarray) -> np.ndarray:
 
 
 @SETTINGS
-@given(seed=SEEDS, rows=st.integers(1, 13), blocks=st.integers(1, 16), tokens=st.integers(1, 9))
+@given(
+    seed=SEEDS,
+    rows=st.integers(1, 13),
+    blocks=st.integers(1, 8),
+    tokens=st.integers(1, 9),
+    digits=st.sampled_from([1, 2]),
+)
 def test_q8_0_matmul_integer_dot_products_are_exact(
-    seed: int, rows: int, blocks: int, tokens: int
+    seed: int, rows: int, blocks: int, tokens: int, digits: int
 ) -> None:
-    # Unit scales and activations whose block maximum is exactly 63 quantize without
-    # rounding (d = 1), so every output is an integer dot product, exact in f32 (< 2**24).
+    # Unit scales and integer activations whose block maximum is exactly vmax (63 for one
+    # digit, 1984 for two) quantize without rounding (d = 1), so every output is an integer
+    # dot product, exact in f32 (here |y| <= 8 * 128 * (31 * 248 + 1984) < 2**24).
     rng = rng_for(seed)
     k = blocks * 32
+    vmax = quant.ACT_VMAX[digits]
     qs = rng.integers(-127, 128, (rows, k), dtype=np.int8)
+    qs[0, :2] = -128  # GGUF allows it; the kernels must too
     w = q8_0_bytes(np.ones((rows, blocks)), qs)
-    x = rng.integers(-63, 64, (tokens, k)).astype(np.float32)
-    x[:, ::32] = 63.0
+    x = rng.integers(-vmax, vmax + 1, (tokens, k)) // (1 if digits == 1 else 8)
+    x = x.astype(np.float32)
+    x[:, ::32] = vmax
     expected = x.astype(np.int64) @ qs.astype(np.int64).T
-    np.testing.assert_array_equal(kernels().matmul_q8_0(x, w), expected.astype(np.float32))
+    got = kernels().matmul_q8_0(x, w, digits=digits)
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
 
 
 @SETTINGS
-@given(seed=SEEDS, rows=st.integers(1, 70), blocks=st.integers(1, 10), tokens=st.integers(1, 20))
-def test_q8_0_matmul_matches_its_numpy_twin(seed: int, rows: int, blocks: int, tokens: int) -> None:
+@given(
+    seed=SEEDS,
+    rows=st.integers(1, 70),
+    blocks=st.integers(1, 10),
+    tokens=st.integers(1, 20),
+    digits=st.sampled_from([1, 2]),
+)
+def test_q8_0_matmul_matches_its_numpy_twin(
+    seed: int, rows: int, blocks: int, tokens: int, digits: int
+) -> None:
     rng = rng_for(seed)
     w = quant.quantize_q8_0(rng.standard_normal((rows, blocks * 32)).astype(np.float32))
     x = rng.standard_normal((tokens, blocks * 32)).astype(np.float32)
-    expected = quant.matmul_q8_0(x, quant.repack_q8_0(w))
-    got = kernels().matmul_q8_0(x, w)
+    expected = quant.matmul_q8_0(x, quant.repack_q8_0(w), digits)
+    got = kernels().matmul_q8_0(x, w, digits)
     scale = np.abs(x).sum(axis=1, keepdims=True) * 0.05  # |w| <~ 4 for normals
     assert np.all(np.abs(got - expected) <= 1e-5 * scale + 1e-6)
 
@@ -115,9 +134,14 @@ def test_q8_0_matmul_approximates_the_float_product() -> None:
     rng = rng_for(1)
     w = rng.standard_normal((96, 256)).astype(np.float32)
     x = rng.standard_normal((5, 256)).astype(np.float32)
-    got = kernels().matmul_q8_0(x, kernels().quantize_q8_0(w))
+    w_q8 = kernels().quantize_q8_0(w)
     exact = x.astype(np.float64) @ w.T.astype(np.float64)
-    assert np.abs(got - exact).max() / np.abs(exact).max() < 0.02
+    assert np.abs(kernels().matmul_q8_0(x, w_q8) - exact).max() / np.abs(exact).max() < 0.02
+    # against the dequantized weights only the activations' rounding is left: 7 or 12 bits
+    dequantized = x.astype(np.float64) @ quant.dequantize_q8_0(w_q8).T.astype(np.float64)
+    for digits, bound in ((1, 0.02), (2, 0.001)):
+        got = kernels().matmul_q8_0(x, w_q8, digits)
+        assert np.abs(got - dequantized).max() / np.abs(dequantized).max() < bound
 
 
 def test_resident_matrix_gives_the_same_result_as_a_one_off_matmul() -> None:

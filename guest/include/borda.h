@@ -34,11 +34,20 @@ typedef struct {
     int rows, k;
 } q8_matrix;
 
-/* Activations quantized per token in blocks of 32: q = round(x / dx) in
- * [-63,63], stored offset as u = q + 64 in [1,127], the range in which
- * i32x4.relaxed_dot_i8x16_i7x16_add is exact on every engine. */
-#define ACT_OFFSET 64
+/* Activations quantized per token in blocks of 32: v = round(x / dx) with
+ * |v| <= ACT_VMAX(digits), written as one or two digits q, each stored offset
+ * as u = q + ACT_OFFSET(digits) >= 1 (u <= 127 is the range in which
+ * i32x4.relaxed_dot_i8x16_i7x16_add is exact on every engine):
+ *   one digit:  v = q in [-63,63], u in [1,127]                     (7 bits)
+ *   two digits: v = 63 q0 + q1, q in [-31,31], u in [1,63]         (12 bits)
+ * A token's digits are planes of k bytes, most significant first. Two digits
+ * leave the weights' Q8_0 rounding as the only error worth naming; keeping
+ * them to 6 bits lets the kernels add two int8 dot pair sums in i16. */
 #define ACT_QMAX 63
+#define ACT_RADIX 63
+#define ACT_DIGIT_MAX(digits) ((digits) == 2 ? 31 : ACT_QMAX)
+#define ACT_OFFSET(digits) (ACT_DIGIT_MAX(digits) + 1)
+#define ACT_VMAX(digits) ((digits) == 2 ? ACT_RADIX * 31 + 31 : ACT_QMAX)
 
 /* ---- arena (runtime/arena.c) ---- */
 void *arena_alloc(size_t nbytes);      /* 64-byte aligned, NULL on failure */
@@ -61,10 +70,11 @@ float f16_to_f32(uint16_t h);
 void quantize_q8_0(const float *x, block_q8_0 *out, int n);
 void dequantize_q8_0(const block_q8_0 *blocks, float *y, int n);
 void repack_q8_0(const block_q8_0 *blocks, int8_t *qs, float *d, int16_t *s, int nblocks);
-void quantize_act(const float *x, int8_t *u, float *dx, int n_tokens, int k);
+void quantize_act(const float *x, int8_t *u, float *dx, int n_tokens, int k, int digits);
 
-void gemm_q8_0(const q8_matrix *w, const int8_t *xu, const float *xd, float *y, int n_tokens);
-void gemv_q8_0_i16(const q8_matrix *w, const int8_t *xu, const float *xd, float *y);
+void gemm_q8_0(const q8_matrix *w, const int8_t *xu, const float *xd, float *y, int n_tokens,
+               int digits);
+void gemv_q8_0_i16(const q8_matrix *w, const int8_t *xu, const float *xd, float *y); /* 1 digit */
 void gemm_f32(const float *x, const float *w, const float *bias, float *y, int n_tokens, int rows,
               int k);
 

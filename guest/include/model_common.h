@@ -38,8 +38,9 @@ typedef struct { /* a weight matrix [rows][k]: f32 or q8_0 */
 } model_matrix;
 
 /* The input of one or more matmuls: n_tokens x k floats. For q8_0 matrices it
- * is quantized on first use into xq / xd (the model's scratch: [n_tokens][k]
- * int8 and [n_tokens][k / 32] f32) and then shared (q, k and v, or gate and up,
+ * is quantized on first use, to act_digits digits (borda.h), into xq / xd (the
+ * model's scratch: [n_tokens][act_digits * k] int8 and [n_tokens][k / 32] f32)
+ * and then shared (q, k and v, or gate and up,
  * read the same input). The scratch holds one input at a time: be done with a
  * model_input before the next one is used. */
 typedef struct {
@@ -47,7 +48,8 @@ typedef struct {
     int n_tokens, k;
     int8_t *xq;
     float *xd;
-    int quantized; /* 0 when built */
+    int act_digits; /* 1 or 2 */
+    int quantized;  /* 0 when built */
 } model_input;
 
 /* y[t][rows] = in[t] . W[rows] (+ bias, which may be NULL) */

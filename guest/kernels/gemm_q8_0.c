@@ -1,12 +1,19 @@
 /* Q8_0 weights x quantized activations.
  *
  *   y[t][r] = sum_b  w.d[r][b] * xd[t][b] * I(r,t,b)
- *   I(r,t,b) = sum_j qs[r][32b+j] * (xu[t][32b+j] - 64)
- *            = dot(qs, xu) - 64 * w.s[r][b]          (exact in int32)
+ *   I(r,t,b) = sum_j qs[r][32b+j] * v[t][32b+j]        (exact in int32)
  *
- * dot(qs, xu) uses i32x4.relaxed_dot_i8x16_i7x16_add with the activations
- * (in [1,127]) as the second operand, the case every engine computes exactly
- * (x86: pmaddubsw cannot saturate when one side is < 128).
+ * with v the activations' digits (borda.h): one digit, v = u - 64 and
+ *   I = dot(qs, u) - 64 * w.s[r][b];
+ * two digits, v = 63 (u0 - 32) + (u1 - 32) and
+ *   I = 63 dot(qs, u0) + dot(qs, u1) - 32 * 64 * w.s[r][b].
+ * dot(qs, u) uses the relaxed int8 dot with the activations (in [1,127]) as
+ * the second operand, the case every engine computes exactly (x86: pmaddubsw
+ * cannot saturate when one side is < 128). Its i16 pair sums are widened to
+ * i32 by i32x4.dot_i16x8 with 1 (extadd) or with 63 (the top digit): the
+ * same pmaddwd on x86, so the top digit's weight costs no multiply. Two-digit
+ * u are at most 63, so two pair sums (|.| <= 2*128*63) add exactly in i16
+ * before widening: the second digit costs 2 more pmaddubsw and 1 paddw.
  *
  * Code shape notes (measured with Wasmtime/Cranelift on x86-64, 16 xmm regs):
  *  - Loads stay in program order (they may trap), but Cranelift computes pure
@@ -66,6 +73,10 @@ static const volatile int32_t split_basic_block = 1;
 static volatile v128_t keep_sink;
 #define KEEP(v) (keep_sink = (v))
 
+/* Fully unrolls the next loop, whose arrays must live in registers; LLVM
+ * gives up on its own once a body is large (the two-digit one). */
+#define UNROLLED _Pragma("clang loop unroll(full)")
+
 static inline v128_t rdot(v128_t w, v128_t u, v128_t acc) {
     return wasm_i32x4_relaxed_dot_i8x16_i7x16_add(w, u, acc);
 }
@@ -86,41 +97,44 @@ static inline __attribute__((always_inline)) v128_t splat_lane(v128_t v, int j) 
 
 /* i32x4 partial dot of one 32-wide block (the 4 lanes still to be summed):
  * per 16-byte half the i16 pair sums (x86: pmaddubsw; |pair| <= 2*128*127,
- * exact in i16), widened pairwise to i32 (pmaddwd). Cheaper than chaining two
- * i32x4.relaxed_dot_i8x16_i7x16_add from zero, which adds the zero too. */
-static inline v128_t block_dot(const int8_t *w, const int8_t *u) {
-    v128_t a = wasm_i16x8_relaxed_dot_i8x16_i7x16(wasm_v128_load(w), wasm_v128_load(u));
-    v128_t b = wasm_i16x8_relaxed_dot_i8x16_i7x16(wasm_v128_load(w + 16), wasm_v128_load(u + 16));
-    return wasm_i32x4_add(wasm_i32x4_extadd_pairwise_i16x8(a), wasm_i32x4_extadd_pairwise_i16x8(b));
+ * exact in i16), widened pairwise to i32 (pmaddwd). Two digits: both halves'
+ * pair sums added in i16 first (|.| <= 4*128*63), the top digit's widened
+ * times 63. Cheaper than chaining i32x4.relaxed_dot_i8x16_i7x16_add from
+ * zero, which adds the zero too. The second digit plane is `plane` bytes on. */
+static inline __attribute__((always_inline)) v128_t block_dot(const int8_t *w, const int8_t *u,
+                                                              size_t plane, const int digits) {
+    v128_t w0 = wasm_v128_load(w), w1 = wasm_v128_load(w + 16);
+    v128_t a = wasm_i16x8_relaxed_dot_i8x16_i7x16(w0, wasm_v128_load(u));
+    v128_t b = wasm_i16x8_relaxed_dot_i8x16_i7x16(w1, wasm_v128_load(u + 16));
+    if (digits == 1)
+        return wasm_i32x4_add(wasm_i32x4_extadd_pairwise_i16x8(a),
+                              wasm_i32x4_extadd_pairwise_i16x8(b));
+    v128_t c = wasm_i16x8_relaxed_dot_i8x16_i7x16(w0, wasm_v128_load(u + plane));
+    v128_t e = wasm_i16x8_relaxed_dot_i8x16_i7x16(w1, wasm_v128_load(u + plane + 16));
+    return wasm_i32x4_add(wasm_i32x4_dot_i16x8(wasm_i16x8_add(a, b), wasm_i16x8_splat(ACT_RADIX)),
+                          wasm_i32x4_extadd_pairwise_i16x8(wasm_i16x8_add(c, e)));
 }
 
-/* [I_b0..I_b3] -> f32x4 of d * xd * I, with I = dot - 64 * s (i16 s widened) */
-static inline v128_t scale_4blocks(v128_t dot, v128_t s32, v128_t d, v128_t xd) {
-    v128_t i = wasm_f32x4_convert_i32x4(wasm_i32x4_sub(dot, wasm_i32x4_shl(s32, 6)));
+/* What the digits' offsets add to dot per unit of w.s: 64, or 32 * (63 + 1) */
+#define OFFSET_SUM(digits) (ACT_OFFSET(digits) * ((digits) == 2 ? ACT_RADIX + 1 : 1))
+
+/* [I_b0..I_b3] -> f32x4 of d * xd * I, with I = dot - OFFSET_SUM * s (i16 s widened) */
+static inline v128_t scale_4blocks(v128_t dot, v128_t s32, v128_t d, v128_t xd, const int digits) {
+    v128_t corr = wasm_i32x4_mul(s32, wasm_i32x4_splat(OFFSET_SUM(digits)));
+    v128_t i = wasm_f32x4_convert_i32x4(wasm_i32x4_sub(dot, corr));
     return wasm_f32x4_mul(i, wasm_f32x4_mul(d, xd));
-}
-
-/* 4 consecutive blocks of one row -> f32x4 of their scaled dot products; one
- * block (4 loads) at a time (KEEP). */
-static inline v128_t row_4blocks(const int8_t *w, const int8_t *u, const int16_t *s,
-                                 const float *d, const float *xd) {
-    v128_t p[4];
-    for (int i = 0; i < 4; i++) {
-        p[i] = block_dot(w + 32 * i, u + 32 * i);
-        KEEP(p[i]);
-    }
-    return scale_4blocks(hsum4_i32x4(p[0], p[1], p[2], p[3]), wasm_i32x4_load16x4(s),
-                         wasm_v128_load(d), wasm_v128_load(xd));
 }
 
 /* The last n = 1..3 blocks of a row (k/32 % 4), the missing lanes zero; reads
  * nothing past the n blocks. */
-static inline v128_t row_tail(const int8_t *w, const int8_t *u, const int16_t *s,
-                              const float *d, const float *xd, int n) {
+static inline __attribute__((always_inline)) v128_t row_tail(const int8_t *w, const int8_t *u,
+                                                             size_t plane, const int16_t *s,
+                                                             const float *d, const float *xd,
+                                                             int n, const int digits) {
     v128_t z = wasm_i32x4_splat(0);
-    v128_t p0 = block_dot(w, u);
-    v128_t p1 = n > 1 ? block_dot(w + 32, u + 32) : z;
-    v128_t p2 = n > 2 ? block_dot(w + 64, u + 64) : z;
+    v128_t p0 = block_dot(w, u, plane, digits);
+    v128_t p1 = n > 1 ? block_dot(w + 32, u + 32, plane, digits) : z;
+    v128_t p2 = n > 2 ? block_dot(w + 64, u + 64, plane, digits) : z;
     v128_t s16, dv, xv;
     if (n == 1) {
         s16 = wasm_v128_load16_lane(s, z, 0);
@@ -135,61 +149,70 @@ static inline v128_t row_tail(const int8_t *w, const int8_t *u, const int16_t *s
         dv = wasm_v128_load32_lane(d + 2, wasm_v128_load64_zero(d), 2);
         xv = wasm_v128_load32_lane(xd + 2, wasm_v128_load64_zero(xd), 2);
     }
-    return scale_4blocks(hsum4_i32x4(p0, p1, p2, z), wasm_i32x4_extend_low_i16x8(s16), dv, xv);
+    return scale_4blocks(hsum4_i32x4(p0, p1, p2, z), wasm_i32x4_extend_low_i16x8(s16), dv, xv,
+                         digits);
 }
 
-/* One row (the last of an odd count): sum over its blocks of d * xd * I. */
-static float row_dot(const int8_t *wr, const int16_t *s, const float *d, const int8_t *xu,
-                     const float *xd, size_t nb) {
+/* One row (the last of an odd count): sum over its blocks of d * xd * I; one
+ * block at a time (KEEP). */
+static inline __attribute__((always_inline)) float row_dot(const int8_t *wr, const int16_t *s,
+                                                           const float *d, const int8_t *xu,
+                                                           const float *xd, size_t nb,
+                                                           size_t plane, const int digits) {
     size_t nb4 = nb & ~(size_t)3;
     v128_t acc = wasm_f32x4_splat(0.0f);
     for (size_t b = 0; b < nb4; b += 4) {
         const int8_t *wb = wr + b * QK8_0, *ub = xu + b * QK8_0;
         OPAQUE(wb);
         OPAQUE(ub);
-        acc = wasm_f32x4_add(acc, row_4blocks(wb, ub, s + b, d + b, xd + b));
+        v128_t p[4];
+        UNROLLED
+        for (int i = 0; i < 4; i++) {
+            p[i] = block_dot(wb + 32 * i, ub + 32 * i, plane, digits);
+            KEEP(p[i]);
+        }
+        acc = wasm_f32x4_add(acc, scale_4blocks(hsum4_i32x4(p[0], p[1], p[2], p[3]),
+                                                wasm_i32x4_load16x4(s + b), wasm_v128_load(d + b),
+                                                wasm_v128_load(xd + b), digits));
     }
     if (nb4 < nb)
-        acc = wasm_f32x4_add(acc, row_tail(wr + nb4 * QK8_0, xu + nb4 * QK8_0, s + nb4, d + nb4,
-                                           xd + nb4, (int)(nb - nb4)));
+        acc = wasm_f32x4_add(acc, row_tail(wr + nb4 * QK8_0, xu + nb4 * QK8_0, plane, s + nb4,
+                                           d + nb4, xd + nb4, (int)(nb - nb4), digits));
     return hsum_f32x4(acc);
 }
 
-/* Rows a and b, 4 blocks: the block sums [I_b0..I_b3] of each (before the -64 s
- * correction); one block (6 loads, the activations shared) at a time (KEEP). */
-static inline void rows2_4blocks(const int8_t *wa, const int8_t *wb, const int8_t *u,
-                                 v128_t *ia, v128_t *ib) {
-    v128_t pa[4], pb[4];
-    for (int i = 0; i < 4; i++) {
-        pa[i] = block_dot(wa + 32 * i, u + 32 * i);
-        pb[i] = block_dot(wb + 32 * i, u + 32 * i); /* u's loads are shared (CSE) */
-        KEEP(wasm_i32x4_add(pa[i], pb[i]));
-    }
-    *ia = hsum4_i32x4(pa[0], pa[1], pa[2], pa[3]);
-    *ib = hsum4_i32x4(pb[0], pb[1], pb[2], pb[3]);
-}
-
-/* Rows r and r + ro, 4 blocks from block b, added to acc_a and acc_b. */
-static inline void rows2_step(const int8_t *wr, size_t k, size_t ro, const int8_t *xu,
-                              const int16_t *s, const float *d, const float *xd, size_t nb,
-                              size_t b, v128_t *acc_a, v128_t *acc_b) {
+/* Rows r and r + ro, 4 blocks from block b, added to acc_a and acc_b: the
+ * block sums [I_b0..I_b3] of each, one block (6 or 8 loads, the activations
+ * shared by both rows) at a time (KEEP). */
+static inline __attribute__((always_inline)) void rows2_step(
+    const int8_t *wr, size_t k, size_t ro, const int8_t *xu, const int16_t *s, const float *d,
+    const float *xd, size_t nb, size_t b, v128_t *acc_a, v128_t *acc_b, const int digits) {
     const int8_t *wa = wr + b * QK8_0, *wb = wa + ro * k, *ub = xu + b * QK8_0;
     OPAQUE(wa);
     OPAQUE(wb);
     OPAQUE(ub);
-    v128_t ia, ib;
-    rows2_4blocks(wa, wb, ub, &ia, &ib);
+    v128_t pa[4], pb[4];
+    UNROLLED
+    for (int i = 0; i < 4; i++) {
+        pa[i] = block_dot(wa + 32 * i, ub + 32 * i, k, digits);
+        pb[i] = block_dot(wb + 32 * i, ub + 32 * i, k, digits); /* u's loads are shared (CSE) */
+        KEEP(wasm_i32x4_add(pa[i], pb[i]));
+    }
+    v128_t ia = hsum4_i32x4(pa[0], pa[1], pa[2], pa[3]);
+    v128_t ib = hsum4_i32x4(pb[0], pb[1], pb[2], pb[3]);
     v128_t x = wasm_v128_load(xd + b);
     *acc_a = wasm_f32x4_add(*acc_a, scale_4blocks(ia, wasm_i32x4_load16x4(s + b),
-                                                  wasm_v128_load(d + b), x));
+                                                  wasm_v128_load(d + b), x, digits));
     *acc_b = wasm_f32x4_add(*acc_b, scale_4blocks(ib, wasm_i32x4_load16x4(s + ro * nb + b),
-                                                  wasm_v128_load(d + ro * nb + b), x));
+                                                  wasm_v128_load(d + ro * nb + b), x, digits));
 }
 
 /* Rows r and r + rows/2 together: two sequential streams through the matrix,
  * far apart, which the hardware prefetchers follow better than one; the pair
  * shares its activation loads. */
-static void gemv_q8_0(const q8_matrix *w, const int8_t *xu, const float *xd, float *y) {
+static inline __attribute__((always_inline)) void gemv_q8_0(const q8_matrix *w, const int8_t *xu,
+                                                            const float *xd, float *y,
+                                                            const int digits) {
     size_t k = (size_t)w->k, nb = k / QK8_0, nb4 = nb & ~(size_t)3;
     size_t half = (size_t)w->rows / 2;
     for (size_t r = 0; r < half; r++) {
@@ -198,21 +221,32 @@ static void gemv_q8_0(const q8_matrix *w, const int8_t *xu, const float *xd, flo
         const float *d = w->d + r * nb;
         v128_t acc_a = wasm_f32x4_splat(0.0f), acc_b = acc_a;
         for (size_t b = 0; b < nb4; b += 4)
-            rows2_step(wr, k, half, xu, s, d, xd, nb, b, &acc_a, &acc_b);
+            rows2_step(wr, k, half, xu, s, d, xd, nb, b, &acc_a, &acc_b, digits);
         if (nb4 < nb) {
             int n = (int)(nb - nb4);
             const int8_t *wt = wr + nb4 * QK8_0, *ut = xu + nb4 * QK8_0;
-            acc_a = wasm_f32x4_add(acc_a, row_tail(wt, ut, s + nb4, d + nb4, xd + nb4, n));
-            acc_b = wasm_f32x4_add(acc_b, row_tail(wt + half * k, ut, s + half * nb + nb4,
-                                                   d + half * nb + nb4, xd + nb4, n));
+            acc_a = wasm_f32x4_add(acc_a,
+                                   row_tail(wt, ut, k, s + nb4, d + nb4, xd + nb4, n, digits));
+            acc_b = wasm_f32x4_add(acc_b, row_tail(wt + half * k, ut, k, s + half * nb + nb4,
+                                                   d + half * nb + nb4, xd + nb4, n, digits));
         }
         y[r] = hsum_f32x4(acc_a);
         y[r + half] = hsum_f32x4(acc_b);
     }
     if (w->rows % 2) {
         size_t r = (size_t)w->rows - 1;
-        y[r] = row_dot(w->qs + r * k, w->s + r * nb, w->d + r * nb, xu, xd, nb);
+        y[r] = row_dot(w->qs + r * k, w->s + r * nb, w->d + r * nb, xu, xd, nb, k, digits);
     }
+}
+
+static __attribute__((noinline)) void gemv_q8_0_1digit(const q8_matrix *w, const int8_t *xu,
+                                                       const float *xd, float *y) {
+    gemv_q8_0(w, xu, xd, y, 1);
+}
+
+static __attribute__((noinline)) void gemv_q8_0_2digits(const q8_matrix *w, const int8_t *xu,
+                                                        const float *xd, float *y) {
+    gemv_q8_0(w, xu, xd, y, 2);
 }
 
 /* ---------------------------------------------------------------------------
@@ -239,7 +273,7 @@ void gemv_q8_0_i16(const q8_matrix *w, const int8_t *xu, const float *xd, float 
     size_t k = (size_t)w->k, nb = k / QK8_0;
     for (size_t k0 = 0; k0 < k; k0 += GEMV_I16_KC) {
         size_t kc = k - k0 < GEMV_I16_KC ? k - k0 : GEMV_I16_KC;
-        v128_t off = wasm_i16x8_splat(ACT_OFFSET);
+        v128_t off = wasm_i16x8_splat(ACT_OFFSET(1));
         for (size_t j = 0; j < kc; j += 16) {
             v128_t u = wasm_v128_load(xu + k0 + j);
             wasm_v128_store(x16 + j, wasm_i16x8_sub(wasm_u16x8_extend_low_u8x16(u), off));
@@ -288,11 +322,12 @@ typedef struct {
      *   [row0 k..k+3 | row1 k..k+3 | row2 k..k+3 | row3 k..k+3]           */
     v128_t qs[GEMM_KCB][QK8_0 / 4];
     v128_t d[GEMM_KCB];    /* f32x4: d of the 4 rows            */
-    v128_t negs[GEMM_KCB]; /* i32x4: -64 * s of the 4 rows      */
+    v128_t negs[GEMM_KCB]; /* i32x4: -OFFSET_SUM * s of the 4 rows */
 } q8_panel;
 
 /* Pack rows r..r+nr-1 (nr <= 4; missing rows are zero), blocks b0..b0+nb-1. */
-static void pack_panel(const q8_matrix *w, int r, int nr, size_t b0, int nb, q8_panel *p) {
+static void pack_panel(const q8_matrix *w, int r, int nr, size_t b0, int nb, int digits,
+                       q8_panel *p) {
     size_t k = (size_t)w->k, kb = k / QK8_0;
     v128_t zero = wasm_i32x4_splat(0);
     const int8_t *rows[4];
@@ -320,7 +355,7 @@ static void pack_panel(const q8_matrix *w, int r, int nr, size_t b0, int nb, q8_
         for (int i = 0; i < nr; i++) {
             size_t o = (size_t)(r + i) * kb + b0 + (size_t)b;
             d[i] = w->d[o];
-            s[i] = -64 * w->s[o];
+            s[i] = -OFFSET_SUM(digits) * w->s[o];
         }
         p->d[b] = wasm_v128_load(d);
         p->negs[b] = wasm_v128_load(s);
@@ -340,32 +375,52 @@ static void pack_dx(const float *xd, size_t kb, int nt, size_t b0, int nb, float
     }
 }
 
-/* One 4 rows x nt tokens tile (nt <= 4, a constant at every call site) over
- * nb blocks of the panel. acc[t] is the i32x4 dot of block b (one lane per
- * row), started at -64*s so that it ends as I(r,t,b) exactly; facc[t]
+/* One 4 rows x nt tokens tile (nt <= 4 and digits constant at every call
+ * site) over nb blocks of the panel. Token t's digit planes start at
+ * xu + t * digits * k. acc[t] is the i32x4 dot of block b (one lane per row),
+ * started at -OFFSET_SUM * s so that it ends as I(r,t,b) exactly; facc[t]
  * accumulates the f32 results. */
 static inline __attribute__((always_inline)) void tile_4xN(const q8_panel *p, int nb,
                                                            const int8_t *xu, size_t k,
                                                            const float *dxT, float *y,
                                                            size_t rows, int nr, int accumulate,
-                                                           const int nt) {
+                                                           const int nt, const int digits) {
+    v128_t radix = wasm_i16x8_splat(ACT_RADIX);
+    size_t stride = (size_t)digits * k;
     v128_t facc[GEMM_NT];
     for (int t = 0; t < nt; t++) facc[t] = wasm_f32x4_splat(0.0f);
     for (int b = 0; b < nb; b++) {
         const int8_t *u = xu + (size_t)b * QK8_0;
         v128_t acc[GEMM_NT];
         for (int t = 0; t < nt; t++) acc[t] = p->negs[b];
-        for (int h = 0; h < 2; h++) { /* 16-byte halves of the block */
+        UNROLLED
+        for (int step = 0; step < 2 * digits; step++) { /* (digit, 16-byte half) */
             /* Never taken (see split_basic_block): ends the basic block after
-             * the first half, so its arithmetic is emitted before the second
-             * half's 4 panel + 4 activation loads. */
-            if (h == 1 && !split_basic_block) break;
+             * each step, so its arithmetic is emitted before the next step's
+             * 4 panel + 4 activation loads. */
+            if (step > 0 && !split_basic_block) break;
+            int digit = step / 2, h = step % 2;
             v128_t x[GEMM_NT];
-            for (int t = 0; t < nt; t++) x[t] = wasm_v128_load(u + (size_t)t * k + 16 * h);
-            for (int j = 0; j < 4; j++) {
-                v128_t wv = p->qs[b][4 * h + j];
-                for (int t = 0; t < nt; t++) /* 4 activations of token t, broadcast */
-                    acc[t] = rdot(wv, splat_lane(x[t], j), acc[t]);
+            for (int t = 0; t < nt; t++)
+                x[t] = wasm_v128_load(u + (size_t)t * stride + (size_t)digit * k + 16 * h);
+            if (digits == 1) {
+                for (int j = 0; j < 4; j++) {
+                    v128_t wv = p->qs[b][4 * h + j];
+                    for (int t = 0; t < nt; t++) /* 4 activations of token t, broadcast */
+                        acc[t] = rdot(wv, splat_lane(x[t], j), acc[t]);
+                }
+                continue;
+            }
+            for (int j = 0; j < 4; j += 2) { /* two k-groups' pair sums added in i16 */
+                v128_t w0 = p->qs[b][4 * h + j], w1 = p->qs[b][4 * h + j + 1];
+                for (int t = 0; t < nt; t++) {
+                    v128_t s16 = wasm_i16x8_add(
+                        wasm_i16x8_relaxed_dot_i8x16_i7x16(w0, splat_lane(x[t], j)),
+                        wasm_i16x8_relaxed_dot_i8x16_i7x16(w1, splat_lane(x[t], j + 1)));
+                    v128_t s32 = digit == 0 ? wasm_i32x4_dot_i16x8(s16, radix)
+                                            : wasm_i32x4_extadd_pairwise_i16x8(s16);
+                    acc[t] = wasm_i32x4_add(acc[t], s32);
+                }
             }
         }
         v128_t d = p->d[b], dx = wasm_v128_load(dxT + 4 * b);
@@ -391,38 +446,38 @@ static inline __attribute__((always_inline)) void tile_4xN(const q8_panel *p, in
 
 /* The tile instances are separate functions so that their register
  * allocation does not compete with the scalars of the loop nest below. */
-static __attribute__((noinline)) void tile_4x4(const q8_panel *p, int nb, const int8_t *xu,
-                                               size_t k, const float *dxT, float *y, size_t rows,
-                                               int nr, int accumulate) {
-    tile_4xN(p, nb, xu, k, dxT, y, rows, nr, accumulate, 4);
-}
+typedef void (*tile_fn)(const q8_panel *, int, const int8_t *, size_t, const float *, float *,
+                        size_t, int, int);
 
-static __attribute__((noinline)) void tile_4x3(const q8_panel *p, int nb, const int8_t *xu,
-                                               size_t k, const float *dxT, float *y, size_t rows,
-                                               int nr, int accumulate) {
-    tile_4xN(p, nb, xu, k, dxT, y, rows, nr, accumulate, 3);
-}
+#define TILE(NT, DIGITS)                                                                       \
+    static __attribute__((noinline)) void tile_4x##NT##_##DIGITS(                              \
+        const q8_panel *p, int nb, const int8_t *xu, size_t k, const float *dxT, float *y,     \
+        size_t rows, int nr, int accumulate) {                                                 \
+        tile_4xN(p, nb, xu, k, dxT, y, rows, nr, accumulate, NT, DIGITS);                      \
+    }
+TILE(1, 1)
+TILE(2, 1)
+TILE(3, 1)
+TILE(4, 1)
+TILE(1, 2)
+TILE(2, 2)
+TILE(3, 2)
+TILE(4, 2)
+#undef TILE
 
-static __attribute__((noinline)) void tile_4x2(const q8_panel *p, int nb, const int8_t *xu,
-                                               size_t k, const float *dxT, float *y, size_t rows,
-                                               int nr, int accumulate) {
-    tile_4xN(p, nb, xu, k, dxT, y, rows, nr, accumulate, 2);
-}
-
-static __attribute__((noinline)) void tile_4x1(const q8_panel *p, int nb, const int8_t *xu,
-                                               size_t k, const float *dxT, float *y, size_t rows,
-                                               int nr, int accumulate) {
-    tile_4xN(p, nb, xu, k, dxT, y, rows, nr, accumulate, 1);
-}
+/* tiles[digits - 1][nt - 1] */
+static const tile_fn tiles[2][GEMM_NT] = {{tile_4x1_1, tile_4x2_1, tile_4x3_1, tile_4x4_1},
+                                          {tile_4x1_2, tile_4x2_2, tile_4x3_2, tile_4x4_2}};
 
 /* Loop order: token passes (as many tiles as dxT holds) > K chunks > 4-row
  * panels > token tiles. Each panel is packed once per (pass, chunk) and then
  * reused by every tile of the pass from L1; y accumulates over K chunks. */
 static void gemm_q8_0_tiled(const q8_matrix *w, const int8_t *xu, const float *xd, float *y,
-                            int n_tokens) {
+                            int n_tokens, int digits) {
     q8_panel panel;                              /* 20 KB of stack */
     float dxT[GEMM_DX_TILES * GEMM_KCB * 4];     /* 128 KB of stack */
     size_t k = (size_t)w->k, kb = k / QK8_0, rows = (size_t)w->rows;
+    size_t stride = (size_t)digits * k;          /* one token's digit planes */
     const int pass = GEMM_DX_TILES * GEMM_NT;
     if (kb == 0)
         for (size_t i = 0; i < (size_t)n_tokens * rows; i++) y[i] = 0.0f;
@@ -434,29 +489,25 @@ static void gemm_q8_0_tiled(const q8_matrix *w, const int8_t *xu, const float *x
             pack_dx(xd + (size_t)t0 * kb, kb, npass, b0, nb, dxT);
             for (int r = 0; r < w->rows; r += GEMM_ROWS) {
                 int nr = w->rows - r < GEMM_ROWS ? w->rows - r : GEMM_ROWS;
-                pack_panel(w, r, nr, b0, nb, &panel);
+                pack_panel(w, r, nr, b0, nb, digits, &panel);
                 for (int t = 0; t < npass; t += GEMM_NT) {
                     int nt = npass - t < GEMM_NT ? npass - t : GEMM_NT;
-                    const int8_t *u = xu + (size_t)(t0 + t) * k + b0 * QK8_0;
+                    const int8_t *u = xu + (size_t)(t0 + t) * stride + b0 * QK8_0;
                     const float *dx = dxT + (size_t)(t / GEMM_NT) * nb * 4;
                     float *yt = y + (size_t)(t0 + t) * rows + r;
-                    if (nt == 4)
-                        tile_4x4(&panel, nb, u, k, dx, yt, rows, nr, accumulate);
-                    else if (nt == 3)
-                        tile_4x3(&panel, nb, u, k, dx, yt, rows, nr, accumulate);
-                    else if (nt == 2)
-                        tile_4x2(&panel, nb, u, k, dx, yt, rows, nr, accumulate);
-                    else
-                        tile_4x1(&panel, nb, u, k, dx, yt, rows, nr, accumulate);
+                    tiles[digits - 1][nt - 1](&panel, nb, u, k, dx, yt, rows, nr, accumulate);
                 }
             }
         }
     }
 }
 
-void gemm_q8_0(const q8_matrix *w, const int8_t *xu, const float *xd, float *y, int n_tokens) {
-    if (n_tokens == 1)
-        gemv_q8_0(w, xu, xd, y);
+void gemm_q8_0(const q8_matrix *w, const int8_t *xu, const float *xd, float *y, int n_tokens,
+               int digits) {
+    if (n_tokens != 1)
+        gemm_q8_0_tiled(w, xu, xd, y, n_tokens, digits);
+    else if (digits == 2)
+        gemv_q8_0_2digits(w, xu, xd, y);
     else
-        gemm_q8_0_tiled(w, xu, xd, y, n_tokens);
+        gemv_q8_0_1digit(w, xu, xd, y);
 }

@@ -75,16 +75,45 @@ void repack_q8_0(const block_q8_0 *blocks, int8_t *qs, float *d, int16_t *s, int
     }
 }
 
-/* Per token, per block of 32: d = amax/63, u = clamp(roundf(x/d), -63, 63) + 64
- * in [1,127] (see ACT_OFFSET in borda.h). */
-void quantize_act(const float *x, int8_t *u, float *dx, int n_tokens, int k) {
+/* Two-digit activations for 32 floats: v = clamp(roundf(x * id), +-vmax),
+ * q0 = roundf(v / 63), q1 = v - 63 q0 (exact in f32; 63 is odd, so v / 63 is
+ * never a tie and q0, q1 land in [-31,31]), each + 32. */
+static void split_block32(const float *x, float id, int8_t *hi, int8_t *lo) {
+    v128_t vid = wasm_f32x4_splat(id), inv_radix = wasm_f32x4_splat(1.0f / ACT_RADIX);
+    v128_t radix = wasm_f32x4_splat(ACT_RADIX), off = wasm_i32x4_splat(ACT_OFFSET(2));
+    v128_t vmax = wasm_f32x4_splat(ACT_VMAX(2));
+    for (int j = 0; j < 32; j += 16) {
+        v128_t q0[4], q1[4];
+        for (int i = 0; i < 4; i++) {
+            v128_t v = round_away_f32x4(wasm_f32x4_mul(wasm_v128_load(x + j + 4 * i), vid));
+            v = wasm_f32x4_min(wasm_f32x4_max(v, wasm_f32x4_neg(vmax)), vmax);
+            v128_t h = round_away_f32x4(wasm_f32x4_mul(v, inv_radix));
+            v128_t l = wasm_f32x4_sub(v, wasm_f32x4_mul(h, radix));
+            q0[i] = wasm_i32x4_add(wasm_i32x4_trunc_sat_f32x4(h), off);
+            q1[i] = wasm_i32x4_add(wasm_i32x4_trunc_sat_f32x4(l), off);
+        }
+        wasm_v128_store(hi + j, wasm_i8x16_narrow_i16x8(wasm_i16x8_narrow_i32x4(q0[0], q0[1]),
+                                                        wasm_i16x8_narrow_i32x4(q0[2], q0[3])));
+        wasm_v128_store(lo + j, wasm_i8x16_narrow_i16x8(wasm_i16x8_narrow_i32x4(q1[0], q1[1]),
+                                                        wasm_i16x8_narrow_i32x4(q1[2], q1[3])));
+    }
+}
+
+/* Per token, per block of 32: d = amax / vmax, v = clamp(roundf(x / d)) in
+ * `digits` offset digits (see ACT_VMAX in borda.h); a token's digit planes
+ * are k bytes each, most significant first. */
+void quantize_act(const float *x, int8_t *u, float *dx, int n_tokens, int k, int digits) {
     int nb = k / QK8_0;
     for (int t = 0; t < n_tokens; t++) {
+        int8_t *ut = u + (size_t)t * (size_t)digits * (size_t)k;
         for (int b = 0; b < nb; b++) {
             const float *xb = x + (size_t)t * k + b * QK8_0;
-            float d = absmax32(xb) / (float)ACT_QMAX;
+            float d = absmax32(xb) / (float)ACT_VMAX(digits);
             float id = d != 0.0f ? 1.0f / d : 0.0f;
-            round_block32(xb, id, ACT_QMAX, ACT_OFFSET, u + (size_t)t * k + b * QK8_0);
+            if (digits == 2)
+                split_block32(xb, id, ut + b * QK8_0, ut + k + b * QK8_0);
+            else
+                round_block32(xb, id, ACT_QMAX, ACT_OFFSET(1), ut + b * QK8_0);
             dx[(size_t)t * nb + b] = d;
         }
     }

@@ -33,6 +33,10 @@
  *                            or logits overlap the weights or the tokens
  * (-2 is unused.) Arguments are all checked before any work: a failed call changes
  * nothing. */
+/* Matmul inputs in two digits (about 14 bits, borda.h): a greedy choice
+ * between near-equal logits must not flip on 7-bit activation rounding. */
+#define ACT_DIGITS 2
+
 #define FWD_OK 0
 #define FWD_NOT_INITIALISED (-1)
 #define FWD_BAD_ARGUMENT (-3)
@@ -72,7 +76,7 @@ typedef struct { /* everything below holds max_batch tokens */
     float *k, *v;    /* [T][kv_dim] */
     float *att;      /* attention output [T][q_dim] */
     float *hb, *hb2; /* FFN gate and up [T][hidden_dim] */
-    int8_t *xq;      /* quantized matmul input [T][max k], offset by 64 (quantize_act) */
+    int8_t *xq;      /* quantized matmul input [T][ACT_DIGITS * max k] (quantize_act) */
     float *xd;       /* its block scales [T][max k / 32] */
     float *key_cache, *value_cache; /* [n_layers][n_kv_heads][max_context][head_dim] */
     float *rope_inv_freq;           /* [head_dim / 2] */
@@ -124,7 +128,7 @@ static void forward_layer(int l, int T, int pos, int n_out) {
 
     /* attention: q, k, v of the normed input; RoPE; append k, v to the cache */
     rmsnorm(s.x, L->attn_norm, s.xb, T, c.dim, c.norm_eps);
-    model_input h = {s.xb, T, c.dim, s.xq, s.xd, 0};
+    model_input h = {s.xb, T, c.dim, s.xq, s.xd, ACT_DIGITS, 0};
     model_matmul(&h, &L->wq, L->bq, s.q);
     model_matmul(&h, &L->wk, L->bk, s.k);
     model_matmul(&h, &L->wv, L->bv, s.v);
@@ -138,18 +142,18 @@ static void forward_layer(int l, int T, int pos, int n_out) {
               cache_at(s.value_cache, l, 0, 0), s.att, n_out, c.n_heads, c.n_kv_heads,
               c.head_dim, c.max_context, pos + t0, pos + T, 1,
               1.0f / borda_sqrtf((float)c.head_dim));
-    model_input a = {s.att, n_out, q_dim, s.xq, s.xd, 0};
+    model_input a = {s.att, n_out, q_dim, s.xq, s.xd, ACT_DIGITS, 0};
     model_matmul(&a, &L->wo, NULL, s.xb);
     float *x = s.x + (size_t)t0 * c.dim;
     model_add(x, s.xb, n_out * c.dim);
 
     /* FFN: x += (silu(h Wg) * (h Wu)) Wd with h = rmsnorm(x) */
     rmsnorm(x, L->ffn_norm, s.xb, n_out, c.dim, c.norm_eps);
-    model_input f = {s.xb, n_out, c.dim, s.xq, s.xd, 0};
+    model_input f = {s.xb, n_out, c.dim, s.xq, s.xd, ACT_DIGITS, 0};
     model_matmul(&f, &L->w_gate, NULL, s.hb);
     model_matmul(&f, &L->w_up, NULL, s.hb2);
     swiglu(s.hb, s.hb2, s.hb, n_out * c.hidden_dim);
-    model_input g = {s.hb, n_out, c.hidden_dim, s.xq, s.xd, 0};
+    model_input g = {s.hb, n_out, c.hidden_dim, s.xq, s.xd, ACT_DIGITS, 0};
     model_matmul(&g, &L->w_down, NULL, s.xb);
     model_add(x, s.xb, n_out * c.dim);
 }
@@ -161,7 +165,7 @@ static void forward_chunk(const int32_t *tokens, int T, int pos, int n_out, floa
         forward_layer(l, T, pos, l == c.n_layers - 1 ? n_out : T);
     if (n_out == 0) return;
     rmsnorm(s.x + (size_t)(T - n_out) * c.dim, w.output_norm, s.xb, n_out, c.dim, c.norm_eps);
-    model_input h = {s.xb, n_out, c.dim, s.xq, s.xd, 0};
+    model_input h = {s.xb, n_out, c.dim, s.xq, s.xd, ACT_DIGITS, 0};
     model_matmul(&h, &w.output, NULL, logits);
 }
 
@@ -341,7 +345,7 @@ static int allocate_state(const borda_tensor *inv_freq, InitResult *res) {
         {(void **)&s.q, B * q_dim * 4},         {(void **)&s.k, B * kv_dim * 4},
         {(void **)&s.v, B * kv_dim * 4},        {(void **)&s.att, B * q_dim * 4},
         {(void **)&s.hb, B * c.hidden_dim * 4}, {(void **)&s.hb2, B * c.hidden_dim * 4},
-        {(void **)&s.xq, B * max_k},            {(void **)&s.xd, B * (max_k / QK8_0 + 1) * 4},
+        {(void **)&s.xq, B * ACT_DIGITS * max_k}, {(void **)&s.xd, B * (max_k / QK8_0 + 1) * 4},
         {(void **)&s.rope_inv_freq, (uint64_t)c.head_dim / 2 * 4},
     };
     int n = (int)(sizeof scratch / sizeof scratch[0]);

@@ -23,8 +23,9 @@ void borda_repack_q8_0(uint32_t blocks, uint32_t qs, uint32_t d, uint32_t s, int
 }
 
 BORDA_EXPORT("borda_quantize_act")
-void borda_quantize_act(uint32_t x, uint32_t u, uint32_t dx, int32_t n_tokens, int32_t k) {
-    quantize_act(PTR(const float, x), PTR(int8_t, u), PTR(float, dx), n_tokens, k);
+void borda_quantize_act(uint32_t x, uint32_t u, uint32_t dx, int32_t n_tokens, int32_t k,
+                        int32_t digits) {
+    quantize_act(PTR(const float, x), PTR(int8_t, u), PTR(float, dx), n_tokens, k, digits);
 }
 
 static q8_matrix make_q8_matrix(uint32_t qs, uint32_t d, uint32_t s, int32_t rows, int32_t k) {
@@ -34,9 +35,9 @@ static q8_matrix make_q8_matrix(uint32_t qs, uint32_t d, uint32_t s, int32_t row
 
 BORDA_EXPORT("borda_gemm_q8_0")
 void borda_gemm_q8_0(uint32_t qs, uint32_t d, uint32_t s, uint32_t xu, uint32_t xd, uint32_t y,
-                     int32_t rows, int32_t k, int32_t n_tokens) {
+                     int32_t rows, int32_t k, int32_t n_tokens, int32_t digits) {
     q8_matrix w = make_q8_matrix(qs, d, s, rows, k);
-    gemm_q8_0(&w, PTR(const int8_t, xu), PTR(const float, xd), PTR(float, y), n_tokens);
+    gemm_q8_0(&w, PTR(const int8_t, xu), PTR(const float, xd), PTR(float, y), n_tokens, digits);
 }
 
 BORDA_EXPORT("borda_gemv_q8_0_i16")

@@ -41,10 +41,10 @@ void model_matmul(model_input *in, const model_matrix *m, const float *bias, flo
         return;
     }
     if (!in->quantized) {
-        quantize_act(in->x, in->xq, in->xd, in->n_tokens, in->k);
+        quantize_act(in->x, in->xq, in->xd, in->n_tokens, in->k, in->act_digits);
         in->quantized = 1;
     }
-    gemm_q8_0(&m->q8, in->xq, in->xd, y, in->n_tokens);
+    gemm_q8_0(&m->q8, in->xq, in->xd, y, in->n_tokens, in->act_digits);
     if (bias)
         for (int t = 0; t < in->n_tokens; t++)
             for (int r = 0; r < m->rows; r++) y[(size_t)t * m->rows + r] += bias[r];

@@ -108,11 +108,14 @@ class Kernels:
 
     # -- matmuls ---------------------------------------------------------------------
 
-    def matmul_q8_0(self, x: np.ndarray, w: np.ndarray | ResidentQ8) -> np.ndarray:
+    def matmul_q8_0(self, x: np.ndarray, w: np.ndarray | ResidentQ8, digits: int = 2) -> np.ndarray:
         """x (tokens, K) float32 times a Q8_0 matrix (rows, K) transposed: (tokens, rows).
 
-        Activations are quantized per token in blocks of 32 inside the sandbox.
+        Activations are quantized per token in blocks of 32 inside the sandbox, to two
+        base-126 digits (about 14 bits, the default) or one (7 bits, faster).
         """
+        if digits not in quant.ACT_VMAX:
+            raise InvalidInput(f"matmul_q8_0: digits must be 1 or 2, got {digits}")
         x2 = _as_2d(x, "matmul_q8_0")
         resident = w if isinstance(w, ResidentQ8) else None
         try:
@@ -127,9 +130,9 @@ class Kernels:
             n_tokens = x2.shape[0]
             quant._blocks(x2, "matmul_q8_0")
             xp = self._put(x2)
-            u, xd = self._scratch(x2.size), self._scratch(x2.size // quant.QK * 4)
+            u, xd = self._scratch(digits * x2.size), self._scratch(x2.size // quant.QK * 4)
             y = self._scratch(n_tokens * resident.rows * 4)
-            self._run("borda_quantize_act", xp, u, xd, n_tokens, resident.k)
+            self._run("borda_quantize_act", xp, u, xd, n_tokens, resident.k, digits)
             self._run(
                 "borda_gemm_q8_0",
                 resident.qs,
@@ -141,6 +144,7 @@ class Kernels:
                 resident.rows,
                 resident.k,
                 n_tokens,
+                digits,
             )
             return self._get(y, (n_tokens, resident.rows)).reshape(*np.shape(x)[:-1], resident.rows)
         finally:
@@ -379,8 +383,8 @@ def dequantize_q8_0(q: np.ndarray) -> np.ndarray:
     return default_kernels().dequantize_q8_0(q)
 
 
-def matmul_q8_0(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    return default_kernels().matmul_q8_0(x, w)
+def matmul_q8_0(x: np.ndarray, w: np.ndarray, digits: int = 2) -> np.ndarray:
+    return default_kernels().matmul_q8_0(x, w, digits)
 
 
 def matmul_f32(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:

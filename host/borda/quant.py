@@ -2,8 +2,9 @@
 
 Q8_0 is GGUF's format: blocks of 32 int8 along K with one f16 scale (34 bytes).
 Inside the guest a Q8_0 matrix is repacked into planar arrays (int8 weights, f32 scales,
-int16 block sums) and activations are quantized per token in blocks of 32 to [-63, 63],
-stored offset by +64 so that Wasm's relaxed int8 dot product is exact (see borda.h).
+int16 block sums) and activations are quantized per token in blocks of 32 to integers
+v in [-vmax, vmax], written as one digit in [-63, 63] or two base-63 digits in [-31, 31], offset
+by digit max + 1 so that Wasm's relaxed int8 dot product is exact (see borda.h).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from .errors import InvalidInput
 
 QK = 32  # values per block
 Q8_0_BLOCK_BYTES = 34  # f16 scale + 32 int8
-ACT_QMAX = 63
-ACT_OFFSET = 64
+ACT_RADIX = 63
+ACT_DIGIT_MAX = {1: 63, 2: 31}  # by number of digits
+ACT_VMAX = {1: 63, 2: ACT_RADIX * 31 + 31}  # 7 or 12 bits
 
 
 def _round_half_away(x: np.ndarray) -> np.ndarray:
@@ -86,34 +88,50 @@ def repack_q8_0(q: np.ndarray) -> PlanarQ8:
 
 
 class QuantizedActivations(NamedTuple):
-    u: np.ndarray  # int8 (tokens, K): q + 64, in [1, 127]
+    u: np.ndarray  # int8 (tokens, digits, K): digit + digit max + 1 >= 1, most significant first
     d: np.ndarray  # float32 (tokens, K/32)
 
+    def values(self) -> np.ndarray:
+        """The quantized integers v (tokens, K) that the digits spell."""
+        n = self.u.shape[1]
+        digits = self.u.astype(np.int32) - (ACT_DIGIT_MAX[n] + 1)
+        v: np.ndarray = digits[:, 0] if n == 1 else ACT_RADIX * digits[:, 0] + digits[:, 1]
+        return v
 
-def quantize_act(x: np.ndarray) -> QuantizedActivations:
-    """Per-token activations in blocks of 32, quantized to [-63, 63] and offset by +64."""
+
+def quantize_act(x: np.ndarray, digits: int = 2) -> QuantizedActivations:
+    """Per-token activations in blocks of 32: v = round(x / d), d = amax / vmax, as digits."""
+    if digits not in ACT_VMAX:
+        raise InvalidInput(f"quantize_act: digits must be 1 or 2, got {digits}")
     x = np.atleast_2d(np.asarray(x, dtype=np.float32))
     blocks = _blocks(x, "quantize_act")
-    d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(ACT_QMAX)
+    vmax = np.float32(ACT_VMAX[digits])
+    d = np.abs(blocks).max(axis=1, keepdims=True) / vmax
     with np.errstate(divide="ignore"):
         inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
-    q = np.clip(_round_half_away(blocks * inv), -ACT_QMAX, ACT_QMAX)
-    u = (q + ACT_OFFSET).astype(np.int8).reshape(x.shape)
+    v = np.clip(_round_half_away(blocks * inv), -vmax, vmax).astype(np.float32)
+    if digits == 1:
+        planes = [v]
+    else:  # v = 63 hi + lo, hi rounded to nearest: both in [-31, 31]
+        hi = _round_half_away(v * np.float32(1 / ACT_RADIX)).astype(np.float32)
+        planes = [hi, v - hi * np.float32(ACT_RADIX)]
+    offset = ACT_DIGIT_MAX[digits] + 1
+    u = np.stack([(p + offset).astype(np.int8).reshape(x.shape) for p in planes], axis=1)
     return QuantizedActivations(u, d.reshape(x.shape[0], -1))
 
 
 def block_dots(w: PlanarQ8, x: QuantizedActivations) -> np.ndarray:
     """Exact integer dot products per (token, row, block): the guest's int8 inner loop."""
     rows, k = w.qs.shape
-    wq = w.qs.astype(np.int32).reshape(rows, k // QK, QK)
-    xq = (x.u.astype(np.int32) - ACT_OFFSET).reshape(x.u.shape[0], k // QK, QK)
+    wq = w.qs.astype(np.int64).reshape(rows, k // QK, QK)
+    xq = x.values().astype(np.int64).reshape(x.u.shape[0], k // QK, QK)
     dots: np.ndarray = np.einsum("rbj,tbj->trb", wq, xq)
     return dots
 
 
-def matmul_q8_0(x: np.ndarray, w: PlanarQ8) -> np.ndarray:
+def matmul_q8_0(x: np.ndarray, w: PlanarQ8, digits: int = 2) -> np.ndarray:
     """Reference of the guest's Q8_0 GEMM: y[t, r] = sum_b d_w d_x dot_b, in float64."""
-    act = quantize_act(x)
+    act = quantize_act(x, digits)
     dots = block_dots(w, act).astype(np.float64)
     y: np.ndarray = np.einsum(
         "trb,rb,tb->tr", dots, w.d.astype(np.float64), act.d.astype(np.float64)
