@@ -100,24 +100,6 @@ static inline double erf_f64_inline(double x) {
     return x * p;
 }
 
-/* Same on two doubles at once. */
-static inline v128_t erf_f64x2(v128_t x) {
-    v128_t lim = wasm_f64x2_splat(ERF_X_MAX);
-    v128_t xc = wasm_f64x2_min(wasm_f64x2_max(x, wasm_f64x2_neg(lim)), lim);
-    v128_t u = wasm_f64x2_sub(
-        wasm_f64x2_mul(wasm_f64x2_mul(xc, xc), wasm_f64x2_splat(2.0 / (ERF_X_MAX * ERF_X_MAX))),
-        wasm_f64x2_splat(1.0));
-    v128_t p = wasm_f64x2_splat(ERF_COEF[ERF_NCOEF - 1]);
-    for (int i = ERF_NCOEF - 2; i >= 0; i--)
-        p = wasm_f64x2_add(wasm_f64x2_mul(p, u), wasm_f64x2_splat(ERF_COEF[i]));
-    v128_t r = wasm_f64x2_mul(xc, p);
-    /* beyond the fit range the answer is exactly +-1 */
-    v128_t big = wasm_f64x2_gt(wasm_f64x2_abs(x), lim);
-    v128_t one = wasm_v128_or(wasm_f64x2_splat(1.0),
-                              wasm_v128_and(x, wasm_i64x2_splat((int64_t)0x8000000000000000ull)));
-    return wasm_v128_bitselect(one, r, big);
-}
-
 /* 16 int8 * scale -> 16 floats */
 static inline void dequant16_f32(const int8_t *q, float d, float *y) {
     v128_t v = wasm_v128_load(q);
