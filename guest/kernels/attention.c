@@ -20,7 +20,7 @@
  * So a K/V row comes from memory once per tile.
  *
  * Code shape (Wasmtime/Cranelift on x86-64; see gemm_q8_0.c): the inner
- * kernels are straight-line code for head_dim 64 and 128 (a generic version
+ * kernels are straight-line code for head_dim 32, 64 and 128 (a generic version
  * serves other sizes), cut into basic blocks of <= ~12 loads by never-taken
  * branches on split_basic_block, with no vector value live across a loop
  * back-edge (each back-edge carries an epoch check, across which Cranelift
@@ -337,6 +337,11 @@ static inline __attribute__((always_inline)) void attend_tile(attn_query *qs, in
     }
 }
 
+static __attribute__((noinline)) void attend_tile_32(attn_query *qs, int nq, const float *k,
+                                                     const float *v, float scale, float *acc) {
+    attend_tile(qs, nq, k, v, scale, acc, 32);
+}
+
 static __attribute__((noinline)) void attend_tile_64(attn_query *qs, int nq, const float *k,
                                                      const float *v, float scale, float *acc) {
     attend_tile(qs, nq, k, v, scale, acc, 64);
@@ -381,7 +386,9 @@ void attention(const float *q, const float *k_cache, const float *v_cache, float
                         nq++;
                     }
                 }
-                if (head_dim == 64)
+                if (head_dim == 32)
+                    attend_tile_32(qs, nq, k, v, scale, acc);
+                else if (head_dim == 64)
                     attend_tile_64(qs, nq, k, v, scale, acc);
                 else if (head_dim == 128)
                     attend_tile_128(qs, nq, k, v, scale, acc);
