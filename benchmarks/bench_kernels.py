@@ -105,7 +105,7 @@ def main() -> None:
     print(f"  borda relaxed-dot  {t_relaxed * 1e3:7.2f} ms  {mb / 1e3 / t_relaxed:6.2f} GB/s")
     print(
         f"  borda 2-digit act  {t_two * 1e3:7.2f} ms  {mb / 1e3 / t_two:6.2f} GB/s"
-        f"  (14-bit activations, as decoders use; {t_two / t_relaxed:.2f}x the time)"
+        f"  (12-bit activations, as decoders use; {t_two / t_relaxed:.2f}x the time)"
     )
     print(
         f"  borda i16 dot      {t_i16 * 1e3:7.2f} ms  {mb / 1e3 / t_i16:6.2f} GB/s"
@@ -136,7 +136,7 @@ def main() -> None:
     print(f"  borda relaxed-dot  {t_gemm * 1e3:7.2f} ms  {ops / t_gemm / 1e9:6.1f} GOP/s")
     print(
         f"  borda 2-digit act  {t_gemm2 * 1e3:7.2f} ms  {ops / t_gemm2 / 1e9:6.1f} GOP/s"
-        f"  (14-bit activations, as decoders use; {t_gemm2 / t_gemm:.2f}x the time)"
+        f"  (12-bit activations, as decoders use; {t_gemm2 / t_gemm:.2f}x the time)"
     )
     print(f"  numpy f32 GEMM     {t_numpy * 1e3:7.2f} ms  {ops / t_numpy / 1e9:6.1f} GFLOP/s")
     print(f"  ratio borda/numpy speed: {t_numpy / t_gemm:.2f}x (target >= 1.0x)")
