@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,22 @@ def bench_torch(ids: list[list[int]]) -> float:
     return BATCH / best_of(run)
 
 
+def last_hidden_state_module(model: Any) -> Any:
+    """The model as a plain (input_ids, attention_mask) -> tensor module: the TorchScript
+    exporter cannot trace transformers' keyword-capturing forward directly."""
+    import torch
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask)[0]
+
+    return Wrapper().eval()
+
+
 def bench_onnxruntime(ids: list[list[int]], tmp: Path) -> float | None:
     try:
         import onnxruntime as ort
@@ -74,7 +91,7 @@ def bench_onnxruntime(ids: list[list[int]], tmp: Path) -> float | None:
     path = tmp / "minilm.onnx"
     example = torch.tensor(ids)
     torch.onnx.export(
-        model,
+        last_hidden_state_module(model),
         (example, torch.ones_like(example)),
         str(path),
         input_names=["input_ids", "attention_mask"],
