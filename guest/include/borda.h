@@ -47,7 +47,7 @@ typedef struct {
 #define ACT_RADIX 63
 #define ACT_DIGIT_MAX(digits) ((digits) == 2 ? 31 : ACT_QMAX)
 #define ACT_OFFSET(digits) (ACT_DIGIT_MAX(digits) + 1)
-#define ACT_VMAX(digits) ((digits) == 2 ? ACT_RADIX * 31 + 31 : ACT_QMAX)
+#define ACT_VMAX(digits) ((digits) == 2 ? (ACT_RADIX + 1) * ACT_DIGIT_MAX(2) : ACT_QMAX)
 
 /* ---- arena (runtime/arena.c) ---- */
 void *arena_alloc(size_t nbytes);      /* 64-byte aligned, NULL on failure */

@@ -19,7 +19,7 @@ QK = 32  # values per block
 Q8_0_BLOCK_BYTES = 34  # f16 scale + 32 int8
 ACT_RADIX = 63
 ACT_DIGIT_MAX = {1: 63, 2: 31}  # by number of digits
-ACT_VMAX = {1: 63, 2: ACT_RADIX * 31 + 31}  # 7 or 12 bits
+ACT_VMAX = {1: 63, 2: (ACT_RADIX + 1) * ACT_DIGIT_MAX[2]}  # 7 or 12 bits: 63 hi + lo
 
 
 def _round_half_away(x: np.ndarray) -> np.ndarray:
