@@ -88,7 +88,7 @@ def bench_borda(path: Path, prompt: list[int], n_decode: int) -> dict[str, float
     session.logits(prompt[:8])  # warm up: page in the weights
     session.reset()
     start = time.perf_counter()
-    logits = session._forward(prompt, all_logits=False)
+    logits = session._forward_chunk(prompt, False)
     prefill = time.perf_counter() - start
     box = session._box
     calls = 2000

@@ -15,13 +15,17 @@ from .errors import (
     InvalidInput,
     ModelFormatError,
     QuotaExceeded,
+    RequestCancelled,
     SandboxMemoryLimit,
     SandboxTimeout,
     UnsupportedModel,
 )
+from .host import Host, HostSession
 from .model import Model, load
 from .sandbox import Limits, Sandbox
+from .scheduler import Request
 from .session import Session
+from .tenants import Quota
 
 __version__ = "0.1.0"
 
@@ -33,11 +37,16 @@ __all__ = [
     "GuestABIError",
     "GuestError",
     "GuestTrap",
+    "Host",
+    "HostSession",
     "InvalidInput",
     "Limits",
     "Model",
     "ModelFormatError",
+    "Quota",
     "QuotaExceeded",
+    "Request",
+    "RequestCancelled",
     "Sandbox",
     "SandboxMemoryLimit",
     "SandboxTimeout",

@@ -75,7 +75,7 @@ def pack(src: Path, output: Path, quant: str) -> None:
 
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-p", "--prompt", required=True, help="The prompt (a user message with --chat).")
+@click.option("-p", "--prompt", help="The prompt (a user message with --chat).")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
 @click.option("--max-tokens", default=128, show_default=True)
 @click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
@@ -85,10 +85,17 @@ def pack(src: Path, output: Path, quant: str) -> None:
 @click.option("--max-context", type=int, default=None, help="Context length of the session.")
 @click.option("--memory-limit", default=None, help="Private memory budget, e.g. 256M.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds per sandbox call.")
+@click.option("--fn", help="Call this function of a guest-ABI module instead of generating.")
+@click.option("--input", "inputs", multiple=True, help="A tensor for --fn: NAME=FILE.npy.")
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Save --fn's output tensors here as NAME.npy instead of printing them.",
+)
 @user_errors
 def run(
     model: Path,
-    prompt: str,
+    prompt: str | None,
     chat: bool,
     max_tokens: int,
     temperature: float,
@@ -98,11 +105,20 @@ def run(
     max_context: int | None,
     memory_limit: str | None,
     timeout: float,
+    fn: str | None,
+    inputs: tuple[str, ...],
+    output_dir: Path | None,
 ) -> None:
-    """Generate text with a packed .wasm model, streaming to stdout."""
+    """Generate text with a packed .wasm model, streaming to stdout; or, with --fn, call a
+    function of any guest-ABI module (a tenant's own) on .npy tensors."""
+    if fn is not None or inputs:
+        call_module(model, fn, inputs, output_dir, memory_limit, timeout)
+        return
     from .model import load
     from .session import Session
 
+    if prompt is None:
+        raise InvalidInput("give a prompt with -p (or --fn NAME to call a module's function)")
     loaded = load(model)
     if loaded.is_encoder:
         raise InvalidInput(
@@ -123,6 +139,46 @@ def run(
     elapsed = time.perf_counter() - start
     click.echo()
     click.echo(f"{count} pieces in {elapsed:.2f} s ({count / elapsed:.1f} tokens/s)", err=True)
+
+
+def call_module(
+    path: Path,
+    fn: str | None,
+    inputs: tuple[str, ...],
+    output_dir: Path | None,
+    memory_limit: str | None,
+    timeout: float,
+) -> None:
+    """`borda run module.wasm --fn NAME --input x=x.npy`: one call in a fresh sandbox."""
+    from .sandbox import Limits, Sandbox, parse_size
+
+    if fn is None:
+        raise InvalidInput("--input needs --fn NAME: the function to call")
+    tensors = {}
+    for item in inputs:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            raise InvalidInput(f"--input {item!r}: write it as NAME=FILE.npy")
+        try:
+            tensors[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"--input {name}: cannot read {file} as .npy: {exc}") from None
+    limits = Limits(memory_bytes=parse_size(memory_limit or "256M"), timeout=timeout)
+    box = Sandbox(path.read_bytes(), limits, name=path.name, wasi=True)
+    result, outputs = box.invoke(fn, tensors=tensors)
+    for stream in (box.stdout, box.stderr):
+        if stream:
+            click.echo(stream.decode("utf-8", "replace"), err=True, nl=False)
+    for key, value in result.items():
+        click.echo(f"{key}: {value!r}")
+    for key, array in outputs.items():
+        if output_dir is None:
+            click.echo(f"{key}: {array.dtype} {array.shape}")
+            click.echo(np.array2string(array, threshold=64))
+            continue
+        output_dir.mkdir(parents=True, exist_ok=True)
+        np.save(output_dir / f"{key}.npy", array)
+        click.echo(f"wrote {output_dir / f'{key}.npy'} ({array.dtype} {array.shape})")
 
 
 @main.command()
@@ -282,3 +338,50 @@ def demo(query: str, top: int) -> None:
         f"{loaded:.2f} s",
         err=True,
     )
+
+
+@main.group()
+def host() -> None:
+    """The multi-tenant host (borda.Host)."""
+
+
+@host.command()
+@click.argument("stats_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@user_errors
+def stats(stats_file: Path | None, fmt: str) -> None:
+    """Usage per tenant of the running hosts (or of the host that wrote STATS_FILE)."""
+    import json
+
+    from .host import read_stats
+
+    published = read_stats(stats_file)
+    if fmt == "json":
+        click.echo(json.dumps(published if stats_file else {"hosts": published}, indent=2))
+        return
+    for snapshot in published if isinstance(published, list) else [published]:
+        click.echo(stats_table(snapshot))
+
+
+def stats_table(snapshot: dict[str, Any]) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(snapshot["updated"]))
+    state = "closed" if snapshot["closed"] else "running"
+    lines = [
+        f"host pid {snapshot['pid']} ({state}, {snapshot['workers']} workers, "
+        f"{snapshot['pending_requests']} requests pending) at {when}"
+    ]
+    header = ("tenant", "requests", "prompt", "generated", "cpu_s", "peak_MiB", "sessions",
+              "queued", "errors")  # fmt: skip
+    rows = [header]
+    for name, t in snapshot["tenants"].items():
+        errors = ",".join(f"{k}={v}" for k, v in t["errors"].items()) or "-"
+        rows.append((
+            name, str(t["requests"]), str(t["prompt_tokens"]), str(t["generated_tokens"]),
+            f"{t['cpu_seconds']:.3f}", f"{t['peak_memory_bytes'] / 2**20:.1f}",
+            str(t["open_sessions"]), str(t["queued_requests"]), errors,
+        ))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)

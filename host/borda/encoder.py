@@ -6,13 +6,13 @@ vectors = model.embed(["a sentence", "another"])   # (2, 384) float32, L2-normal
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import InvalidInput, SandboxMemoryLimit
-from .sandbox import parse_size
+from .sandbox import SandboxedSession, parse_size
 
 if TYPE_CHECKING:
     from .model import Model
@@ -36,7 +36,7 @@ def scratch_bytes(c: dict[str, Any]) -> int:
     return int((MAX_TOKENS * per_token + attention) * 4 + (4 << 20))
 
 
-class EncoderSession:
+class EncoderSession(SandboxedSession):
     """One sandboxed instance of an encoder Model."""
 
     def __init__(
@@ -73,10 +73,6 @@ class EncoderSession:
         self._box.call("borda_keep")  # I/O buffers live as long as the session
         self._tokenizer = model.tokenizer
 
-    @property
-    def broken(self) -> bool:
-        return self._box.broken
-
     def tokenize(self, texts: Sequence[str], truncate: bool = True) -> list[list[int]]:
         """Token ids with the model's special tokens, truncated at its max length or rejected."""
         for i, text in enumerate(texts):
@@ -111,6 +107,23 @@ class EncoderSession:
         truncate: bool = True,
     ) -> np.ndarray:
         """Embeddings (n, hidden) float32, pooled as the model says; L2-normalised if it says so."""
+        steps = self.embed_steps(texts, batch_size, normalize, truncate)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                vectors: np.ndarray = done.value
+                return vectors
+
+    def embed_steps(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = 16,
+        normalize: bool | None = None,
+        truncate: bool = True,
+    ) -> Generator[None, None, np.ndarray]:
+        """embed one batch at a time (a scheduler interleaves sessions between batches);
+        returns the embeddings."""
         if isinstance(texts, str):
             texts = [texts]
         if len(texts) == 0:
@@ -118,7 +131,11 @@ class EncoderSession:
         if batch_size < 1:
             raise InvalidInput(f"batch_size must be >= 1, got {batch_size}")
         ids = self.tokenize(texts, truncate)
-        pooled = [self._encode(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)]
+        pooled = []
+        for start in range(0, len(ids), batch_size):
+            if start:
+                yield None
+            pooled.append(self._encode(ids[start : start + batch_size]))
         vectors = np.concatenate(pooled)
         if self.model.config["normalize"] if normalize is None else normalize:
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

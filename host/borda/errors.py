@@ -50,5 +50,9 @@ class QuotaExceeded(BordaError):
     """A tenant asked for more than its quota allows."""
 
 
+class RequestCancelled(BordaError):
+    """A request was cancelled (or its session closed) before it finished."""
+
+
 class GuestError(BordaError):
     """A guest understood a request and answered with an error of its own."""

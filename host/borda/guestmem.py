@@ -8,6 +8,7 @@ outlives the statement that made it (memory can grow, and move, during any call)
 from __future__ import annotations
 
 import ctypes
+import re
 from typing import Any
 
 import msgpack
@@ -81,25 +82,43 @@ def pack(message: Any) -> bytes:
 
 
 def unpack(data: bytes, max_bytes: int) -> Any:
-    """Decode a guest's message with every length bounded by max_bytes and no ext types."""
+    """Decode a guest's message with no ext types, and no length or count its bytes cannot hold.
+
+    Bounding every declared length by len(data) means a forged header (a 4 GiB string in
+    7 bytes) fails before anything is allocated for it; msgpack bounds nesting depth.
+    """
     if len(data) > max_bytes:
         raise GuestABIError(f"guest response of {len(data)} bytes exceeds the {max_bytes}-byte cap")
+    size = len(data)
     try:
         return msgpack.unpackb(
             data,
             raw=False,
             strict_map_key=True,
-            max_str_len=max_bytes,
-            max_bin_len=max_bytes,
-            max_array_len=min(max_bytes, 1 << 20),
-            max_map_len=min(max_bytes, 1 << 16),
+            max_str_len=size,
+            max_bin_len=size,
+            max_array_len=min(size, 1 << 20),
+            max_map_len=min(size // 2, 1 << 16),
             max_ext_len=0,
             ext_hook=_reject_ext,
         )
     except GuestABIError:
         raise
+    except (msgpack.StackError, RecursionError):
+        reason = "it nests containers deeper than the decoder allows"
+    except msgpack.FormatError:
+        reason = "it uses a byte msgpack reserves"
     except Exception as exc:  # msgpack raises several types, all meaning "malformed"
-        raise GuestABIError(f"guest response is not valid msgpack: {exc}") from None
+        reason = str(exc)
+        forged = re.match(r"(\d+) exceeds max_(\w+)_len", reason)
+        if forged:
+            reason = (
+                f"its {forged[2]} header declares length {forged[1]}, "
+                f"more than the response's {size} bytes can hold"
+            )
+        elif "incomplete input" in reason:
+            reason = "it ends before the lengths its headers declare"
+    raise GuestABIError(f"guest response is not valid msgpack: {reason}")
 
 
 def _reject_ext(code: int, data: bytes) -> Any:

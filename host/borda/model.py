@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import wasmtime
 from tokenizers import Tokenizer
 
 from . import modcache, wasmfile
@@ -116,14 +117,17 @@ class Model:
     def is_encoder(self) -> bool:
         return self.runtime == ENCODER
 
+    def compiled(self, engine: EngineConfig | None = None) -> wasmtime.Module:
+        """The compiled module (compiled once per process, cached on disk)."""
+        return modcache.load_module_file(self.path, self.sha256, engine or EngineConfig())
+
     def open_sandbox(
         self, private_bytes: int, timeout: float | None, deterministic: bool
     ) -> Sandbox:
         """A fresh instance: budget = model bytes + private_bytes; weights reserved."""
         limits = Limits(memory_bytes=min(self.base_bytes + private_bytes, 1 << 32), timeout=timeout)
         engine = EngineConfig(deterministic=deterministic)
-        module = modcache.load_module_file(self.path, self.sha256, engine)
-        box = Sandbox(module, limits, config=engine, name=self.path.name)
+        box = Sandbox(self.compiled(engine), limits, config=engine, name=self.path.name)
         box.call("borda_reserve", self.meta["weights"]["end"])
         return box
 

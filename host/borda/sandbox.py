@@ -8,6 +8,7 @@ in modcache.py.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,12 +27,17 @@ from .errors import (
 )
 from .guestmem import GuestMemory, pack, read_tensor, tensor_message, unpack
 from .modcache import load_module
+from .wasi import GuestOutput, attach_wasi, check_imports, wasi_linker
 
 PAGE = 65536
 NO_DEADLINE = 1 << 62
 WASM32_MAX_MEMORY = 1 << 32
 ABI_VERSION = 1
 INVOKE_OUT_OF_MEMORY = -2  # borda_invoke's code for "the arena could not allocate"
+SEGMENT_TRAPS = {
+    wasmtime.TrapCode.MEMORY_OUT_OF_BOUNDS: "a data segment lies outside its memory",
+    wasmtime.TrapCode.TABLE_OUT_OF_BOUNDS: "an element segment lies outside its table",
+}
 
 
 @dataclass(frozen=True)
@@ -41,12 +47,14 @@ class Limits:
     memory_bytes caps the guest's whole linear memory: for a model that is
     "model bytes + private budget" (model.wasm's weights live in linear memory).
     timeout is seconds of wall time per call, instantiation included; None = no deadline.
+    table_elements caps each table; max_output_bytes caps a WASI guest's stdout + stderr.
     """
 
     memory_bytes: int = 1 << 30
     timeout: float | None = 30.0
     table_elements: int = 10_000
     max_response_bytes: int = 64 << 20
+    max_output_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
         if not PAGE <= self.memory_bytes <= WASM32_MAX_MEMORY:
@@ -55,6 +63,8 @@ class Limits:
             )
         if self.timeout is not None and not self.timeout > 0:
             raise ValueError(f"timeout must be positive seconds or None, got {self.timeout}")
+        if self.max_output_bytes < 0:
+            raise ValueError(f"max_output_bytes must be >= 0, got {self.max_output_bytes}")
 
 
 def parse_size(size: int | str) -> int:
@@ -76,6 +86,8 @@ class Sandbox:
 
     Not thread-safe: use one Sandbox per thread (separate Sandboxes run in parallel).
     After a trap or timeout the sandbox is closed; open a new one to continue.
+    With wasi=True a module may import WASI preview 1 (see wasi.py) and nothing else;
+    without it, none of its imports are provided.
     """
 
     def __init__(
@@ -85,6 +97,7 @@ class Sandbox:
         *,
         config: EngineConfig | None = None,
         name: str = "guest",
+        wasi: bool = False,
     ) -> None:
         self.limits = limits or Limits()
         self.name = name
@@ -93,8 +106,8 @@ class Sandbox:
         self._abi_checked = False
         if isinstance(module, bytes):
             module = load_module(module, self._config)
-        _check_imports(module, name)
-        _check_initial_memory(module, self.limits, name)
+        needs_wasi = check_imports(module, name, wasi=wasi)
+        _check_initial_sizes(module, self.limits, name)
         self._store = wasmtime.Store(get_engine(self._config))
         self._store.set_limits(
             memory_size=self.limits.memory_bytes,
@@ -103,9 +116,21 @@ class Sandbox:
             tables=4,
             memories=1,
         )
+        self._output: GuestOutput | None = None
+        self._tables: list[tuple[wasmtime.Table, int]] = []  # exported tables, initial sizes
         self._arm_deadline()
-        instance = self._guarded("instantiation", wasmtime.Instance, self._store, module, [])
+        if needs_wasi:
+            self._output = attach_wasi(self._store, self.limits.max_output_bytes)
+            linker = wasi_linker(get_engine(self._config))
+            instance = self._guarded("instantiation", linker.instantiate, self._store, module)
+        else:
+            instance = self._guarded("instantiation", wasmtime.Instance, self._store, module, [])
         self._exports = instance.exports(self._store)
+        self._tables = [
+            (t, t.size(self._store))
+            for t in self._exports.by_index
+            if isinstance(t, wasmtime.Table)
+        ]
         memory = self._exports.get("memory") if "memory" in _export_names(module) else None
         if not isinstance(memory, wasmtime.Memory):
             raise GuestABIError(f"{name} does not export its linear memory as 'memory'")
@@ -115,7 +140,7 @@ class Sandbox:
 
     def alloc(self, nbytes: int) -> int:
         """Allocate nbytes in the guest's arena; SandboxMemoryLimit when the budget is spent."""
-        self._check_abi()
+        self.check_abi()
         ptr = int(self.call("borda_alloc", nbytes))
         if ptr == 0 and nbytes > 0:
             raise SandboxMemoryLimit(
@@ -184,7 +209,7 @@ class Sandbox:
             raise GuestABIError(f"{self.name}: {fn} returned a response that is not a map")
         return message
 
-    def _check_abi(self) -> None:
+    def check_abi(self) -> None:
         if self._abi_checked:
             return
         if not self.has_export("borda_abi_version"):
@@ -196,12 +221,35 @@ class Sandbox:
             )
         self._abi_checked = True
 
+    # -- WASI output -------------------------------------------------------------------
+
+    @property
+    def stdout(self) -> bytes:
+        """What a WASI guest wrote to stdout so far (b"" without WASI)."""
+        return self._output.stdout if self._output else b""
+
+    @property
+    def stderr(self) -> bytes:
+        """What a WASI guest wrote to stderr so far (b"" without WASI)."""
+        return self._output.stderr if self._output else b""
+
+    @property
+    def output_truncated(self) -> bool:
+        """True once stdout + stderr passed limits.max_output_bytes and the rest was dropped."""
+        return self._output is not None and self._output.truncated
+
     # -- calls -----------------------------------------------------------------------
 
     @property
     def broken(self) -> bool:
         """True after a trap or timeout: the instance's state can no longer be trusted."""
         return self._broken is not None
+
+    def close(self) -> None:
+        """Free the Store and its memory now; later calls raise BordaError."""
+        if self._broken != "closed":
+            self._broken = "closed"
+            self._store.close()
 
     def has_export(self, export: str) -> bool:
         return self._exports.get(export) is not None
@@ -230,6 +278,8 @@ class Sandbox:
             return fn(*args)
         except wasmtime.Trap as exc:
             error = self._trap_error(what, exc)
+        except wasmtime.ExitTrap as exc:  # WASI proc_exit: a WasmtimeError, not a Trap
+            error = GuestTrap(f"{self.name}: {what} exited with status {exc.code}", "exit")
         except wasmtime.WasmtimeError as exc:
             error = self._instantiation_error(what, exc)
         self._broken = str(error)
@@ -248,20 +298,33 @@ class Sandbox:
                 f"{where} failed after using all {_mib(self.limits.memory_bytes)} of its memory "
                 f"budget ({_trap_name(code)}); raise the memory limit or give it less work"
             )
+        table_size = self._exhausted_table()
+        if table_size is not None:
+            return SandboxMemoryLimit(
+                f"{where} failed after growing a table to {table_size} of its "
+                f"{self.limits.table_elements}-element limit ({_trap_name(code)}); "
+                "raise the table element limit or give it less work"
+            )
         if code == wasmtime.TrapCode.STACK_OVERFLOW:
             return GuestTrap(
                 f"{where} overflowed its stack (unbounded recursion?)", "stack_overflow"
             )
+        if what == "instantiation" and code in SEGMENT_TRAPS and not exc.frames:
+            # no guest code ran: initializing a data or element segment trapped
+            return GuestTrap(f"{where} failed: {SEGMENT_TRAPS[code]}", _trap_name(code))
         return GuestTrap(f"{where} trapped: {_trap_name(code)}", _trap_name(code))
 
     def _instantiation_error(self, what: str, exc: wasmtime.WasmtimeError) -> BordaError:
         text = str(exc)
+        table = re.search(r"table minimum size of (\d+) elements exceeds", text)
+        if table:
+            return _table_too_large(self.name, int(table[1]), self.limits)
         if "memory" in text and "limit" in text:
             return SandboxMemoryLimit(
                 f"{self.name}: {what} needs more memory than its budget of "
                 f"{_mib(self.limits.memory_bytes)}; raise the memory limit"
             )
-        return GuestABIError(f"{self.name}: {what} failed: {text.strip().splitlines()[0]}")
+        return GuestABIError(f"{self.name}: {what} failed: {_first_cause(text)}")
 
     def _memory_exhausted(self) -> bool:
         """True when the guest cannot grow by one more page: its budget is spent."""
@@ -270,20 +333,47 @@ class Sandbox:
         except AttributeError:  # trapped during instantiation, before memory was bound
             return False
 
+    def _exhausted_table(self) -> int | None:
+        """The size of an exported table that is full, or has grown and has less room left
+        than it grew by (so cannot grow again at that rate). The refused table.grow itself
+        is invisible to the host, as are unexported tables."""
+        limit = self.limits.table_elements
+        for table, initial in self._tables:
+            size = int(table.size(self._store))
+            if size >= limit or (size > initial and limit - size < size - initial):
+                return size
+        return None
+
+
+class SandboxedSession:
+    """Base of model sessions: each owns one Sandbox for its lifetime."""
+
+    _box: Sandbox
+
+    @property
+    def sandbox(self) -> Sandbox:
+        """The instance this session runs in: its Store, memory and deadline."""
+        return self._box
+
+    @property
+    def broken(self) -> bool:
+        """True after a trap, a timeout or close(): open a new session."""
+        return self._box.broken
+
+    def close(self) -> None:
+        """Free the session's Store and memory now."""
+        self._box.close()
+
 
 def _export_names(module: wasmtime.Module) -> set[str]:
     return {e.name for e in module.exports}
 
 
-def _check_imports(module: wasmtime.Module, name: str) -> None:
-    imports = [f"{i.module}.{i.name}" for i in module.imports]
-    if imports:
-        raise GuestABIError(
-            f"{name} imports {', '.join(imports)}; Borda's sandbox provides no imports"
-        )
+def _check_initial_sizes(module: wasmtime.Module, limits: Limits, name: str) -> None:
+    """Refuse exported memories and tables whose initial size is over budget.
 
-
-def _check_initial_memory(module: wasmtime.Module, limits: Limits, name: str) -> None:
+    Unexported ones are refused by wasmtime at instantiation (see _instantiation_error).
+    """
     for export in module.exports:
         if isinstance(export.type, wasmtime.MemoryType):
             initial = export.type.limits.min * PAGE
@@ -292,6 +382,26 @@ def _check_initial_memory(module: wasmtime.Module, limits: Limits, name: str) ->
                     f"{name} declares {_mib(initial)} of initial memory, more than its budget "
                     f"of {_mib(limits.memory_bytes)}; raise the memory limit"
                 )
+        if (
+            isinstance(export.type, wasmtime.TableType)
+            and export.type.limits.min > limits.table_elements
+        ):
+            raise _table_too_large(name, export.type.limits.min, limits)
+
+
+def _table_too_large(name: str, elements: int, limits: Limits) -> SandboxMemoryLimit:
+    return SandboxMemoryLimit(
+        f"{name} declares a table of {elements} elements, more than its limit of "
+        f"{limits.table_elements} table elements; raise the table element limit"
+    )
+
+
+def _first_cause(text: str) -> str:
+    """The informative line of a wasmtime error: its first cause, past any backtrace."""
+    lines = [line.strip() for line in text.strip().splitlines()] or ["unknown error"]
+    if "Caused by:" in lines[:-1]:
+        return re.sub(r"^\d+: ", "", lines[lines.index("Caused by:") + 1])
+    return lines[0]
 
 
 def _trap_name(code: wasmtime.TrapCode | None) -> str:

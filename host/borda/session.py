@@ -15,7 +15,7 @@ import numpy as np
 from .errors import ContextOverflow, InvalidInput, SandboxMemoryLimit
 from .ropefreq import rope_inv_freq
 from .sampling import Sampler, SamplingParams
-from .sandbox import parse_size
+from .sandbox import SandboxedSession, parse_size
 from .tokenizer import StreamDecoder
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def scratch_bytes(c: dict[str, Any]) -> int:
     return int(MAX_BATCH * width * 5 + (4 << 20))  # f32 + int8 copies, request buffers
 
 
-class Session:
+class Session(SandboxedSession):
     """One sandboxed instance of a Model: a KV cache, a memory budget and a deadline."""
 
     def __init__(
@@ -85,6 +85,8 @@ class Session:
         self._box.call("borda_keep")  # the token and logit buffers live as long as the session
         self.position = 0
         self.history: list[int] = []
+        self.prompt_tokens = 0  # of the last generation
+        self.new_tokens = 0  # sampled so far by the last generation
 
     def _init_request(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         c = self.model.config
@@ -111,13 +113,6 @@ class Session:
         """Forget the conversation: the next call starts at position 0."""
         self.position = 0
         self.history = []
-
-    def _forward(self, ids: Sequence[int], all_logits: bool) -> np.ndarray:
-        """Run ids from the current position; logits of every token, or of the last one."""
-        if not all_logits:
-            return self._forward_chunk(ids, False)
-        chunks = [ids[i : i + MAX_BATCH] for i in range(0, len(ids), MAX_BATCH)] or [ids]
-        return np.concatenate([self._forward_chunk(chunk, True) for chunk in chunks])
 
     def _forward_chunk(self, ids: Sequence[int], all_logits: bool) -> np.ndarray:
         n = len(ids)
@@ -149,7 +144,9 @@ class Session:
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """Logits (len(token_ids), vocab) at every position of token_ids, from a fresh start."""
         self.reset()
-        return self._forward(list(token_ids), all_logits=True)
+        ids = list(token_ids)
+        chunks = [ids[i : i + MAX_BATCH] for i in range(0, len(ids), MAX_BATCH)] or [ids]
+        return np.concatenate([self._forward_chunk(chunk, True) for chunk in chunks])
 
     def encode(self, prompt: str | list[dict[str, str]]) -> list[int]:
         """Token ids of a prompt, or of chat messages rendered with the model's template."""
@@ -199,17 +196,37 @@ class Session:
         stop_at_eos: bool = True,
     ) -> Iterator[int]:
         """Continue from token ids (a fresh start), yielding up to max_tokens new ids."""
+        steps = self.steps(prompt_ids, max_tokens, params, stop_at_eos)
+        return (token for token in steps if token is not None)
+
+    def steps(
+        self,
+        prompt_ids: Sequence[int],
+        max_tokens: int,
+        params: SamplingParams | None = None,
+        stop_at_eos: bool = True,
+    ) -> Iterator[int | None]:
+        """generate_ids one model call at a time: None after each prefill chunk, then each
+        new id. A scheduler interleaves sessions at these boundaries."""
         self.reset()
         sampler = Sampler(params or SamplingParams())
         eos = set(self.model.config.get("eos_token_ids") or ()) if stop_at_eos else set()
-        logits = self._forward(list(prompt_ids), all_logits=False)[-1]
+        prompt = list(prompt_ids)
+        if not prompt:
+            raise InvalidInput("no tokens to run")
+        self.prompt_tokens, self.new_tokens = len(prompt), 0
+        for start in range(0, len(prompt), MAX_BATCH):
+            if start:
+                yield None
+            logits = self._forward_chunk(prompt[start : start + MAX_BATCH], False)[-1]
         for produced in range(max_tokens):
             token = sampler(logits, self.history)
+            self.new_tokens += 1
             yield token
             last = produced + 1 == max_tokens or self.position >= self.max_context
             if token in eos or last:
                 return
-            logits = self._forward([token], all_logits=False)[-1]
+            logits = self._forward_chunk([token], False)[-1]
 
     def _generate(
         self,
@@ -218,6 +235,17 @@ class Session:
         params: SamplingParams,
         stop: tuple[str, ...],
     ) -> Iterator[str]:
+        pieces = self.text_steps(prompt, max_tokens, params, stop)
+        return (piece for piece in pieces if piece is not None)
+
+    def text_steps(
+        self,
+        prompt: str | list[dict[str, str]],
+        max_tokens: int,
+        params: SamplingParams,
+        stop: tuple[str, ...] = (),
+    ) -> Iterator[str | None]:
+        """generate's text, one model call at a time: None after a call that added no text."""
         ids = self.encode(prompt)
         if len(ids) >= self.max_context:
             raise ContextOverflow(
@@ -228,7 +256,10 @@ class Session:
         eos = set(self.model.config.get("eos_token_ids") or ())
         text = ""
         emitted = 0
-        for token in self.generate_ids(ids, max_tokens, params):
+        for token in self.steps(ids, max_tokens, params):
+            if token is None:
+                yield None
+                continue
             if token in eos:
                 break
             text += decoder.push(token)
@@ -241,6 +272,8 @@ class Session:
             if safe > emitted:
                 yield text[emitted:safe]
                 emitted = safe
+            else:
+                yield None
         text += decoder.flush()
         cut = _stop_index(text, stop)
         end = len(text) if cut is None else cut
