@@ -32,13 +32,22 @@ from borda.session import kv_bytes_per_position
 
 CONTEXT = 256  # tokens of context per session (its KV cache)
 MEMORY_BUDGET = 16 * 10**9
+ADDRESS_SPACE = 1 << 47  # x86-64 user space
+
+
+def proc_kib(path: str, field: str) -> int:
+    for line in Path(path).read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in {path}")
 
 
 def pss_bytes() -> int:
-    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no Pss in /proc/self/smaps_rollup")
+    return proc_kib("/proc/self/smaps_rollup", "Pss")
+
+
+def address_space_bytes() -> int:
+    return proc_kib("/proc/self/status", "VmSize")
 
 
 def alone(path: Path, prompt: list[int], tokens: int) -> float:
@@ -66,23 +75,25 @@ def aggregate(host: Host, n_tenants: int, prompt: list[int], tokens: int) -> flo
     return produced / elapsed
 
 
-def idle_sessions(host: Host, n: int) -> tuple[list[float], float]:
-    """Open n idle sessions (16 tenants); their open times (s) and PSS per session (bytes)."""
+def idle_sessions(host: Host, n: int) -> tuple[list[float], float, float]:
+    """Open n idle sessions (16 tenants): their open times (s), and PSS and virtual address
+    space per session (bytes)."""
     tenants = [f"idle-{i}" for i in range(16)]
     for name in tenants:
         host.add_tenant(name, Quota(memory_per_session="64M", max_sessions=n))
     keep = [host.session(tenants[0], "smol", max_context=CONTEXT)]  # warm up
     keep[0].close()
-    before = pss_bytes()
+    before, space = pss_bytes(), address_space_bytes()
     times, keep = [], []
     for i in range(n):
         start = time.perf_counter()
         keep.append(host.session(tenants[i % len(tenants)], "smol", max_context=CONTEXT))
         times.append(time.perf_counter() - start)
     per_session = (pss_bytes() - before) / n
+    space_per_session = (address_space_bytes() - space) / n
     for session in keep:
         session.close()
-    return times, per_session
+    return times, per_session, space_per_session
 
 
 def main() -> None:
@@ -96,9 +107,10 @@ def main() -> None:
         write_model(random_spec(SMOLLM2_135M), path, "q8_0")
         with Host(stats_file=Path(tmp) / "stats.json") as host:
             model = host.add_model("smol", path)
-            times, per_session = idle_sessions(host, args.sessions)
+            times, per_session, space = idle_sessions(host, args.sessions)
             kv = CONTEXT * kv_bytes_per_position(model.config)
             fit = int((MEMORY_BUDGET - model.base_bytes) // max(per_session, 1))
+            fit_space = int(ADDRESS_SPACE // space)
             print(f"SmolLM2-135M-shaped random model, Q8_0, {host.workers} workers")
             print(
                 f"  session open: median {statistics.median(times) * 1e6:.0f} us, "
@@ -111,15 +123,18 @@ def main() -> None:
             )
             print(
                 f"  idle sessions that fit in 16 GB beside the {model.base_bytes / 2**20:.0f} MiB "
-                f"of shared model bytes: {fit}"
+                f"of shared model bytes: {fit}; each reserves {space / 2**30:.1f} GiB of "
+                f"virtual address space (guard regions), so the 128 TiB address space caps "
+                f"a process at {fit_space}: {min(fit, fit_space)} sessions per process"
             )
             single = alone(path, prompt, args.tokens)
             print(f"  one session alone (no host): {single:6.1f} tok/s")
             for n in (1, 2, 8, 32):
                 rate = aggregate(host, n, prompt, args.tokens)
+                target = " (target with 2 workers >= 1.6x)" if n > 1 else ""
                 print(
                     f"  {n:2d} tenants generating at once: {rate:6.1f} tok/s aggregate, "
-                    f"{rate / single:.2f}x one session (target with 2 workers >= 1.6x)"
+                    f"{rate / single:.2f}x one session{target}"
                 )
 
 

@@ -53,7 +53,7 @@ def test_host_sessions_generate_what_a_plain_session_generates(
 
 
 def test_long_generation_does_not_starve_short_ones(host_model: Path, tmp_path: Path) -> None:
-    with Host(workers=1, stats_file=tmp_path / "s.json") as host:
+    with Host(workers=1, stats_file=tmp_path / "s.json", time_slice=0.01) as host:
         host.add_model("llama", host_model)
         host.add_tenant("long")
         host.add_tenant("short")

@@ -106,12 +106,15 @@ typedef struct {
 static int read_desc(const char *name, uint32_t len, const mp_reader *v, tensor_desc *t,
                      char *err) {
     static const char *const keys[] = {"dtype", "shape", "offset", 0};
-    char what[96];
     mp_reader f;
     if (mp_peek(v) != MP_T_MAP)
         return borda_failf(err, "weight '%.*s' must be a map", (int)len, name);
-    borda_fmt(what, sizeof what, "key in weight '%.*s':", (int)len, name);
-    if (!borda_check_keys(v, keys, what, err)) return 0;
+    if (!borda_check_keys(v, keys, "key", err)) { /* name the weight: formatting it up front
+                                                     costs more than parsing the entry */
+        char why[BORDA_ERR_MAX];
+        __builtin_memcpy(why, err, BORDA_ERR_MAX);
+        return borda_failf(err, "weight '%.*s': %s", (int)len, name, why);
+    }
 
     const char *dt;
     uint32_t dtlen;

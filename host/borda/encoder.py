@@ -65,7 +65,7 @@ class EncoderSession(SandboxedSession):
             "type_vocab_size": c["type_vocab_size"], "layer_norm_eps": c["layer_norm_eps"],
             "max_tokens": MAX_TOKENS,
         }  # fmt: skip
-        self._box.invoke("init", model.init_args(config))
+        self._box.invoke_packed("init", model.init_request(config))
         self.max_length = int(c["max_seq_length"])
         self._tokens = self._box.alloc(4 * MAX_TOKENS)
         self._lengths = self._box.alloc(4 * MAX_TOKENS)

@@ -201,8 +201,13 @@ class Host:
         workers: int | None = None,
         max_pending: int = 4096,
         stats_file: str | Path | None = None,
+        time_slice: float = 0.1,
     ) -> None:
-        self._scheduler = Scheduler(workers, max_pending)
+        """workers: threads running requests (default one per core); max_pending: requests
+        queued or running over all tenants; stats_file: where publish_stats() writes
+        (default: where `borda host stats` looks); time_slice: seconds a request keeps
+        its worker before the next tenant's turn."""
+        self._scheduler = Scheduler(workers, max_pending, time_slice)
         self._models: dict[str, Model] = {}
         self._tenants: dict[str, Tenant] = {}
         self._modules: dict[tuple[str, str], TenantModule] = {}

@@ -8,7 +8,7 @@ and instance with its own memory budget and deadline: decoders generate text
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from .encoder import EncoderSession
 from .engine import EngineConfig
 from .errors import InvalidInput, ModelFormatError
 from .guestmem import unpack
-from .sandbox import PAGE, Limits, Sandbox
+from .sandbox import PAGE, Limits, Sandbox, request_message
 from .session import Session
 
 FORMAT_VERSION = 1
@@ -89,6 +89,7 @@ class Model:
         weights = self.meta["weights"]
         self.base_bytes = math.ceil(weights["end"] / PAGE) * PAGE  # runtime + weights
         self._default_encoder: EncoderSession | None = None
+        self._init_requests: dict[tuple[tuple[str, Any], ...], bytes] = {}
         tensors = self.meta["tensors"]
         self.info = ModelInfo(
             path=str(self.path),
@@ -105,13 +106,28 @@ class Model:
             source=self.meta["source"]["name"],
         )
 
-    def init_args(self, config: dict[str, Any]) -> dict[str, Any]:
-        """The runtime's "init" arguments: its config, the tensor table, the weights' end."""
-        weights = {
-            name: {k: t[k] for k in ("dtype", "shape", "offset")}
-            for name, t in self.meta["tensors"].items()
-        }
-        return {"config": config, "weights": weights, "weights_end": self.meta["weights"]["end"]}
+    def init_request(
+        self,
+        config: dict[str, Any],
+        tensors: Callable[[], dict[str, np.ndarray]] | None = None,
+    ) -> bytes:
+        """The runtime's packed "init" request: its config, the tensor table, the weights'
+        end, and tensors(). Built once per config: sessions open in well under a ms."""
+        key = tuple(sorted(config.items()))
+        request = self._init_requests.get(key)
+        if request is None:
+            weights = {
+                name: {k: t[k] for k in ("dtype", "shape", "offset")}
+                for name, t in self.meta["tensors"].items()
+            }
+            args = {
+                "config": config,
+                "weights": weights,
+                "weights_end": self.meta["weights"]["end"],
+            }
+            inputs = tensors() if tensors else None
+            request = self._init_requests[key] = request_message("init", args, inputs)
+        return request
 
     @property
     def is_encoder(self) -> bool:

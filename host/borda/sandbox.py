@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,11 +104,12 @@ class Sandbox:
         self.name = name
         self._config = config or EngineConfig()
         self._broken: str | None = None
-        self._abi_checked = False
         if isinstance(module, bytes):
             module = load_module(module, self._config)
-        needs_wasi = check_imports(module, name, wasi=wasi)
-        _check_initial_sizes(module, self.limits, name)
+        facts = module_facts(module)
+        needs_wasi = check_imports(facts.imports, name, wasi=wasi)
+        _check_initial_sizes(facts, self.limits, name)
+        self._facts = facts
         self._store = wasmtime.Store(get_engine(self._config))
         self._store.set_limits(
             memory_size=self.limits.memory_bytes,
@@ -131,7 +133,7 @@ class Sandbox:
             for t in self._exports.by_index
             if isinstance(t, wasmtime.Table)
         ]
-        memory = self._exports.get("memory") if "memory" in _export_names(module) else None
+        memory = self._exports.get("memory") if "memory" in facts.exports else None
         if not isinstance(memory, wasmtime.Memory):
             raise GuestABIError(f"{name} does not export its linear memory as 'memory'")
         self.memory = GuestMemory(self._store, memory)
@@ -162,13 +164,12 @@ class Sandbox:
         tensors: dict[str, np.ndarray] | None = None,
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The generic msgpack call: returns the guest's (result, tensors)."""
-        request = pack(
-            {
-                "fn": fn,
-                "args": args or {},
-                "tensors": {k: tensor_message(v) for k, v in (tensors or {}).items()},
-            }
-        )
+        return self.invoke_packed(fn, request_message(fn, args, tensors))
+
+    def invoke_packed(
+        self, fn: str, request: bytes
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """invoke with a request already packed by request_message (to reuse one)."""
         try:
             ptr = self.alloc(len(request))
             self.memory.write(ptr, request)
@@ -210,7 +211,8 @@ class Sandbox:
         return message
 
     def check_abi(self) -> None:
-        if self._abi_checked:
+        """GuestABIError unless the module speaks Borda's guest ABI (asked once per module)."""
+        if self._facts.speaks_abi:
             return
         if not self.has_export("borda_abi_version"):
             raise GuestABIError(f"{self.name} does not export borda_abi_version: not a Borda guest")
@@ -219,7 +221,7 @@ class Sandbox:
             raise GuestABIError(
                 f"{self.name} speaks guest ABI {version}; Borda speaks {ABI_VERSION}"
             )
-        self._abi_checked = True
+        self._facts.speaks_abi = True
 
     # -- WASI output -------------------------------------------------------------------
 
@@ -345,6 +347,19 @@ class Sandbox:
         return None
 
 
+def request_message(
+    fn: str, args: dict[str, Any] | None = None, tensors: dict[str, np.ndarray] | None = None
+) -> bytes:
+    """A packed borda_invoke request."""
+    return pack(
+        {
+            "fn": fn,
+            "args": args or {},
+            "tensors": {k: tensor_message(v) for k, v in (tensors or {}).items()},
+        }
+    )
+
+
 class SandboxedSession:
     """Base of model sessions: each owns one Sandbox for its lifetime."""
 
@@ -365,28 +380,49 @@ class SandboxedSession:
         self._box.close()
 
 
-def _export_names(module: wasmtime.Module) -> set[str]:
-    return {e.name for e in module.exports}
+@dataclass
+class ModuleFacts:
+    """What the sandbox checks about a module, read once per compiled module."""
+
+    imports: tuple[tuple[str, str], ...]
+    exports: frozenset[str]
+    memory_mins: tuple[int, ...]  # initial bytes of each exported memory
+    table_mins: tuple[int, ...]  # initial elements of each exported table
+    speaks_abi: bool = False  # borda_abi_version answered ABI_VERSION once
 
 
-def _check_initial_sizes(module: wasmtime.Module, limits: Limits, name: str) -> None:
+_facts: weakref.WeakKeyDictionary[wasmtime.Module, ModuleFacts] = weakref.WeakKeyDictionary()
+
+
+def module_facts(module: wasmtime.Module) -> ModuleFacts:
+    facts = _facts.get(module)
+    if facts is None:
+        types = [(e.name, e.type) for e in module.exports]
+        facts = _facts[module] = ModuleFacts(
+            imports=tuple((i.module, i.name or "") for i in module.imports),
+            exports=frozenset(name for name, _ in types),
+            memory_mins=tuple(
+                t.limits.min * PAGE for _, t in types if isinstance(t, wasmtime.MemoryType)
+            ),
+            table_mins=tuple(t.limits.min for _, t in types if isinstance(t, wasmtime.TableType)),
+        )
+    return facts
+
+
+def _check_initial_sizes(facts: ModuleFacts, limits: Limits, name: str) -> None:
     """Refuse exported memories and tables whose initial size is over budget.
 
     Unexported ones are refused by wasmtime at instantiation (see _instantiation_error).
     """
-    for export in module.exports:
-        if isinstance(export.type, wasmtime.MemoryType):
-            initial = export.type.limits.min * PAGE
-            if initial > limits.memory_bytes:
-                raise SandboxMemoryLimit(
-                    f"{name} declares {_mib(initial)} of initial memory, more than its budget "
-                    f"of {_mib(limits.memory_bytes)}; raise the memory limit"
-                )
-        if (
-            isinstance(export.type, wasmtime.TableType)
-            and export.type.limits.min > limits.table_elements
-        ):
-            raise _table_too_large(name, export.type.limits.min, limits)
+    for initial in facts.memory_mins:
+        if initial > limits.memory_bytes:
+            raise SandboxMemoryLimit(
+                f"{name} declares {_mib(initial)} of initial memory, more than its budget "
+                f"of {_mib(limits.memory_bytes)}; raise the memory limit"
+            )
+    for elements in facts.table_mins:
+        if elements > limits.table_elements:
+            raise _table_too_large(name, elements, limits)
 
 
 def _table_too_large(name: str, elements: int, limits: Limits) -> SandboxMemoryLimit:

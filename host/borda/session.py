@@ -79,7 +79,7 @@ class Session(SandboxedSession):
             raise InvalidInput(f"max_context must be >= 1, got {max_context}")
         self.max_context = max_context
         self._box = model.open_sandbox(private, timeout, deterministic)
-        self._box.invoke("init", *self._init_request())
+        self._box.invoke_packed("init", self._init_request())
         self._tokens = self._box.alloc(4 * max_context)
         self._logits = self._box.alloc(4 * c["vocab_size"] * MAX_BATCH)
         self._box.call("borda_keep")  # the token and logit buffers live as long as the session
@@ -88,7 +88,7 @@ class Session(SandboxedSession):
         self.prompt_tokens = 0  # of the last generation
         self.new_tokens = 0  # sampled so far by the last generation
 
-    def _init_request(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def _init_request(self) -> bytes:
         c = self.model.config
         config = {
             k: c[k]
@@ -104,8 +104,7 @@ class Session(SandboxedSession):
             )
         }
         config.update(max_context=self.max_context, max_batch=MAX_BATCH)
-        args = self.model.init_args(config)
-        return args, {"rope_inv_freq": rope_inv_freq(c)}
+        return self.model.init_request(config, lambda: {"rope_inv_freq": rope_inv_freq(c)})
 
     # -- running the model ------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import ctypes
 import itertools
 import threading
 import weakref
+from collections.abc import Sequence
 
 import wasmtime
 from wasmtime import _ffi
@@ -30,9 +31,9 @@ _handles = itertools.count(1)  # an output's stdout is handle << 1, its stderr h
 _NO_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()  # a null function pointer
 
 
-def check_imports(module: wasmtime.Module, name: str, *, wasi: bool) -> bool:
-    """True when `module` needs WASI; GuestABIError naming any import Borda does not provide."""
-    imports = [(i.module, i.name) for i in module.imports]
+def check_imports(imports: Sequence[tuple[str, str]], name: str, *, wasi: bool) -> bool:
+    """True when a module with these (module, name) imports needs WASI; GuestABIError
+    naming any import Borda does not provide."""
     refused = [f"{m}.{n}" for m, n in imports if not (wasi and m == WASI_MODULE)]
     if refused:
         provides = f"only {WASI_MODULE}" if wasi else "no imports"
