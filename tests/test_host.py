@@ -172,6 +172,7 @@ def test_request_deadline_stops_a_long_generation(host: Host) -> None:
     with pytest.raises(borda.SandboxTimeout, match=r"'a'.*request_timeout=0\.05 s"):
         request.result(timeout=30)
     assert 0 < tenant.stats()["cpu_seconds"] < 1.0
+    assert session.closed and tenant.stats()["open_sessions"] == 0  # its Store is freed
     assert_others_served(host)
 
 

@@ -444,8 +444,9 @@ class Host:
                 inner = session.inner
                 if isinstance(inner, Session):
                     tenant.record_tokens(inner.prompt_tokens, inner.new_tokens)
-                if request.cancelled or session._closing or inner.broken:
-                    session._free()
+                timed_out = isinstance(request.error, SandboxTimeout)
+                if request.cancelled or timed_out or session._closing or inner.broken:
+                    session._free()  # its state is partial or untrustworthy: free the Store
             if time.monotonic() - self._published > STATS_INTERVAL:
                 self.publish_stats()
 
