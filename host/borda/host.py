@@ -21,7 +21,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -129,7 +129,7 @@ class HostSession:
         session = self._decoder()
         params = SamplingParams(temperature, top_k, top_p, repetition_penalty, seed)
         steps = session.text_steps(prompt, max_tokens, params, tuple(stop))
-        return self._submit(_joined(steps), max_tokens)
+        return self._submit(_gathered(steps, "".join), max_tokens)
 
     def generate_ids(
         self,
@@ -140,7 +140,7 @@ class HostSession:
     ) -> Request:
         """Continue token ids: iterate the Request for new ids, result() for their list."""
         steps = self._decoder().steps(prompt_ids, max_tokens, params, stop_at_eos)
-        return self._submit(_collected(steps), max_tokens)
+        return self._submit(_gathered(steps, list), max_tokens)
 
     def embed(
         self,
@@ -467,21 +467,11 @@ def _for_tenant(tenant: Tenant, exc: BordaError) -> BordaError:
     return exc
 
 
-def _joined(steps: Iterator[str | None]) -> Steps:
-    """Stream text pieces; the result is the whole text."""
-    pieces = []
-    for piece in steps:
-        if piece is not None:
-            pieces.append(piece)
-        yield piece
-    return "".join(pieces)
-
-
-def _collected(steps: Iterator[int | None]) -> Steps:
-    """Stream ids; the result is their list."""
-    ids = []
-    for token in steps:
-        if token is not None:
-            ids.append(token)
-        yield token
-    return ids
+def _gathered(steps: Iterator[Any], combine: Callable[[list[Any]], Any]) -> Steps:
+    """Stream what steps yield (None: a step without output); the result is combine(all)."""
+    items = []
+    for item in steps:
+        if item is not None:
+            items.append(item)
+        yield item
+    return combine(items)
