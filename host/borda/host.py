@@ -201,7 +201,7 @@ class Host:
         workers: int | None = None,
         max_pending: int = 4096,
         stats_file: str | Path | None = None,
-        time_slice: float = 0.1,
+        time_slice: float = 0.2,
     ) -> None:
         """workers: threads running requests (default one per core); max_pending: requests
         queued or running over all tenants; stats_file: where publish_stats() writes

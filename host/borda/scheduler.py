@@ -8,10 +8,11 @@ requests), so one long generation cannot starve short ones and a tenant with man
 requests gets no more turns than a tenant with one. Each Store runs on one worker at a
 time: a request is off the queue while its step runs.
 
-A turn lasts up to `time_slice` seconds of steps, not one step: moving a worker to
-another session's instance on every decode step cost a third of the aggregate
-throughput with 32 sessions (measured in benchmarks/bench_tenants.py), while a 0.1 s
-turn keeps the wait of a short request bounded by turns, never by a long request's length.
+A turn lasts up to `time_slice` seconds of steps, not one step: a step on another
+instance than the worker's last one runs ~2x slower (its page tables are cold), so
+switching every step cost 40 % of the aggregate throughput with 32 sessions (see
+benchmarks/bench_tenants.py), while 0.2 s turns keep the wait of a short request
+bounded by turns, never by a long request's length.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class Scheduler:
     """A pool of worker threads taking steps from all tenants' requests in turn."""
 
     def __init__(
-        self, workers: int | None = None, max_pending: int = 4096, time_slice: float = 0.1
+        self, workers: int | None = None, max_pending: int = 4096, time_slice: float = 0.2
     ) -> None:
         self.workers = workers or default_workers()
         self.max_pending = max_pending
