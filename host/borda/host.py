@@ -67,8 +67,11 @@ def read_stats(path: Path | None = None) -> dict[str, Any] | list[dict[str, Any]
         try:
             snapshot = json.loads(file.read_text())
             os.kill(snapshot["pid"], 0)
+        except ProcessLookupError:
+            file.unlink(missing_ok=True)  # left behind by a host that died
+            continue
         except (OSError, ValueError, KeyError):
-            continue  # unreadable, or its process is gone
+            continue  # unreadable, or being replaced
         if not snapshot["closed"]:
             running.append(snapshot)
     if not running:
@@ -215,6 +218,7 @@ class Host:
         self._lock = threading.Lock()
         default_file = stats_dir() / f"{os.getpid()}-{next(_host_ids)}.json"
         self.stats_file = Path(stats_file) if stats_file else default_file
+        self._own_stats_file = stats_file is None  # removed on close: for live hosts only
         self._published = 0.0
         self._closed = False
 
@@ -358,7 +362,10 @@ class Host:
         for handle in list(self._sessions):
             handle.close()
         self._closed = True
-        self.publish_stats()
+        if self._own_stats_file:
+            self.stats_file.unlink(missing_ok=True)
+        else:
+            self.publish_stats()
 
     def __enter__(self) -> Host:
         return self

@@ -109,7 +109,10 @@ class Request:
     def _finish(self, result: Any = None, error: BaseException | None = None) -> None:
         self._error = error
         if self._on_finish is not None:
-            self._on_finish(self)  # clean-up first: result() returns after it
+            try:
+                self._on_finish(self)  # clean-up first: result() returns after it
+            except Exception as exc:  # a failed clean-up must not take the worker down
+                error = error or exc
         with self._cond:
             self._result, self._error, self._finished = result, error, True
             self._cond.notify_all()
