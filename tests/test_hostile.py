@@ -9,6 +9,7 @@ start function, their borda_invoke, their response, their declarations or their 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +214,8 @@ class Bystanders:
     def __init__(self, host: Host, expected: list[int], prompt_ids: list[int]) -> None:
         self.host, self.expected, self.prompt_ids = host, expected, prompt_ids
         self.outputs: list[list[int]] = []
+        self.finished_at: list[float] = []  # when each output came
+        self.attacks: list[tuple[float, float]] = []  # when each attack ran
         self.errors: list[BaseException] = []
         self._stop = threading.Event()
         self._threads = [
@@ -228,6 +231,7 @@ class Bystanders:
             try:
                 request = session.generate_ids(self.prompt_ids, len(self.expected), None, False)
                 self.outputs.append(request.result(timeout=60))
+                self.finished_at.append(time.monotonic())
             except BaseException as exc:  # reported by the last test
                 self.errors.append(exc)
                 return
@@ -264,7 +268,7 @@ def test_attack_gets_its_own_error(name: str, busy_host: tuple[Host, Bystanders,
     attack = CATALOGUE[name]
     tenant = f"attacker {name}"
     host.add_tenant(tenant, ATTACKER)
-    before = len(bystanders.outputs)
+    before, start = len(bystanders.outputs), time.monotonic()
     if attack.error is None:
         host.add_module(tenant, "evil", attack.wasm)
         assert host.invoke(tenant, "evil", "attack") == attack.result
@@ -277,6 +281,7 @@ def test_attack_gets_its_own_error(name: str, busy_host: tuple[Host, Bystanders,
         with pytest.raises(attack.error, match=attack.match) as info:
             host.invoke(tenant, "evil", "attack")
         assert repr(tenant) in str(info.value)
+    bystanders.attacks.append((start, time.monotonic()))
     assert not bystanders.errors
     assert len(bystanders.outputs) >= before  # they keep going
 
@@ -289,6 +294,9 @@ def test_bystanders_were_untouched_and_the_host_survived(
         threading.Event().wait(0.05)
     assert not bystanders.errors, bystanders.errors
     assert bystanders.outputs and all(out == bystanders.expected for out in bystanders.outputs)
+    first, last = bystanders.attacks[0][0], bystanders.attacks[-1][1]
+    during = [t for t in bystanders.finished_at if first <= t <= last]
+    assert len(during) >= 4, "the bystanders did not generate while the attacks ran"
     assert rss_bytes() - rss_before < 200 << 20
     errors = {
         name: t["errors"] for name, t in host.stats()["tenants"].items() if name.startswith("att")
