@@ -286,6 +286,8 @@ def test_cli_runs_a_tenant_module_on_npy_inputs(tmp_path: Path) -> None:
         (["--fn", "silu", "--input", "x=missing.npy"], "missing.npy"),
         (["--input", "x=missing.npy"], "--fn"),
         (["--fn", "silu", "--memory-limit", "lots"], "lots"),
+        (["--fn", "silu", "--memory-limit", "10K"], "between 64 KiB and 4 GiB"),
+        (["--fn", "silu", "--timeout", "0"], "positive seconds"),
     ],
 )
 def test_cli_tenant_module_errors_are_one_line(args: list[str], message: str) -> None:

@@ -59,13 +59,13 @@ class Limits:
 
     def __post_init__(self) -> None:
         if not PAGE <= self.memory_bytes <= WASM32_MAX_MEMORY:
-            raise ValueError(
-                f"memory_bytes must be between 64 KiB and 4 GiB, got {self.memory_bytes}"
+            raise InvalidInput(
+                f"a memory limit must be between 64 KiB and 4 GiB, got {self.memory_bytes} bytes"
             )
         if self.timeout is not None and not self.timeout > 0:
-            raise ValueError(f"timeout must be positive seconds or None, got {self.timeout}")
+            raise InvalidInput(f"a timeout must be positive seconds or None, got {self.timeout}")
         if self.max_output_bytes < 0:
-            raise ValueError(f"max_output_bytes must be >= 0, got {self.max_output_bytes}")
+            raise InvalidInput(f"max_output_bytes must be >= 0, got {self.max_output_bytes}")
 
 
 def parse_size(size: int | str) -> int:
