@@ -6,10 +6,11 @@
 
 #include "simd_math.h"
 
-/* max |x| over 32 floats */
+/* max |x| over 32 floats (pmax/pmin/relaxed_trunc below: single x86 instructions, and
+ * equal to max/min/trunc_sat for the finite, in-range values they see) */
 static float absmax32(const float *x) {
     v128_t m = wasm_f32x4_abs(wasm_v128_load(x));
-    for (int j = 4; j < 32; j += 4) m = wasm_f32x4_max(m, wasm_f32x4_abs(wasm_v128_load(x + j)));
+    for (int j = 4; j < 32; j += 4) m = wasm_f32x4_pmax(m, wasm_f32x4_abs(wasm_v128_load(x + j)));
     return hmax_f32x4(m);
 }
 
@@ -24,7 +25,7 @@ static void round_block32(const float *x, float id, int qmax, int add, int8_t *o
         v128_t q[4];
         for (int i = 0; i < 4; i++) {
             v128_t r = round_away_f32x4(wasm_f32x4_mul(wasm_v128_load(x + j + 4 * i), vid));
-            v128_t qi = wasm_i32x4_trunc_sat_f32x4(r);
+            v128_t qi = wasm_i32x4_relaxed_trunc_f32x4(r); /* |r| is small: no overflow */
             qi = wasm_i32x4_min(wasm_i32x4_max(qi, lo), hi);
             q[i] = wasm_i32x4_add(qi, vadd);
         }
@@ -86,11 +87,11 @@ static void split_block32(const float *x, float id, int8_t *hi, int8_t *lo) {
         v128_t q0[4], q1[4];
         for (int i = 0; i < 4; i++) {
             v128_t v = round_away_f32x4(wasm_f32x4_mul(wasm_v128_load(x + j + 4 * i), vid));
-            v = wasm_f32x4_min(wasm_f32x4_max(v, wasm_f32x4_neg(vmax)), vmax);
+            v = wasm_f32x4_pmin(wasm_f32x4_pmax(v, wasm_f32x4_neg(vmax)), vmax);
             v128_t h = round_away_f32x4(wasm_f32x4_mul(v, inv_radix));
             v128_t l = wasm_f32x4_sub(v, wasm_f32x4_mul(h, radix));
-            q0[i] = wasm_i32x4_add(wasm_i32x4_trunc_sat_f32x4(h), off);
-            q1[i] = wasm_i32x4_add(wasm_i32x4_trunc_sat_f32x4(l), off);
+            q0[i] = wasm_i32x4_add(wasm_i32x4_relaxed_trunc_f32x4(h), off); /* in +-31 */
+            q1[i] = wasm_i32x4_add(wasm_i32x4_relaxed_trunc_f32x4(l), off);
         }
         wasm_v128_store(hi + j, wasm_i8x16_narrow_i16x8(wasm_i16x8_narrow_i32x4(q0[0], q0[1]),
                                                         wasm_i16x8_narrow_i32x4(q0[2], q0[3])));

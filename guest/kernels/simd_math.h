@@ -54,9 +54,14 @@ static inline v128_t round_away_f32x4(v128_t x) {
  * hi part with 8 significant bits (n*LN2_HI is exact) and a lo part; degree-7
  * Taylor on |r| <= 0.35; 2^n applied as two factors 2^(n/2) * 2^(n-n/2) so
  * that results in the subnormal range and overflow to inf come out right. */
+#define EXP_ROUNDER 12582912.0f /* 1.5 * 2^23 */
 static inline v128_t exp_f32x4(v128_t x) {
-    x = wasm_f32x4_min(wasm_f32x4_max(x, wasm_f32x4_splat(-110.0f)), wasm_f32x4_splat(89.0f));
-    v128_t n = wasm_f32x4_nearest(wasm_f32x4_mul(x, wasm_f32x4_splat(1.44269504088896341f)));
+    /* pmin/pmax are single x86 instructions (min/max spell out NaN rules) */
+    x = wasm_f32x4_pmin(wasm_f32x4_pmax(x, wasm_f32x4_splat(-110.0f)), wasm_f32x4_splat(89.0f));
+    /* round to nearest even by adding 1.5 * 2^23: t's low mantissa bits hold n */
+    v128_t t = wasm_f32x4_add(wasm_f32x4_mul(x, wasm_f32x4_splat(1.44269504088896341f)),
+                              wasm_f32x4_splat(EXP_ROUNDER));
+    v128_t n = wasm_f32x4_sub(t, wasm_f32x4_splat(EXP_ROUNDER));
     v128_t r = wasm_f32x4_sub(x, wasm_f32x4_mul(n, wasm_f32x4_splat(0.693359375f)));
     r = wasm_f32x4_sub(r, wasm_f32x4_mul(n, wasm_f32x4_splat(-2.12194440e-4f)));
     v128_t p = wasm_f32x4_splat(1.0f / 5040.0f);
@@ -67,7 +72,7 @@ static inline v128_t exp_f32x4(v128_t x) {
     p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(0.5f));
     p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(1.0f));
     p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(1.0f));
-    v128_t ni = wasm_i32x4_trunc_sat_f32x4(n); /* exact: n is integral, in [-159, 129] */
+    v128_t ni = wasm_i32x4_sub(t, wasm_f32x4_splat(EXP_ROUNDER)); /* n in [-159, 129] */
     v128_t n1 = wasm_i32x4_shr(ni, 1);
     v128_t n2 = wasm_i32x4_sub(ni, n1);
     v128_t s1 = wasm_i32x4_shl(wasm_i32x4_add(n1, wasm_i32x4_splat(127)), 23);
