@@ -247,3 +247,17 @@ def test_cli_demo_searches_the_bundled_corpus(
     second = CliRunner().invoke(main, ["demo", "--top", "3"])
     assert "packing" not in second.output  # the cached model is reused
     assert "ms each" in second.output
+
+
+def test_host_sessions_embed_as_the_model_does(minilm: dict[str, borda.Model]) -> None:
+    texts = sentences()[:7]
+    model = minilm["q8_0"]
+    with borda.Host(workers=2, stats_file=model.path.parent / "stats.json") as host:
+        host.add_model("minilm", model)
+        host.add_tenant("a", borda.Quota(memory_per_session="256M"))
+        session = host.session("a", "minilm")
+        request = session.embed(texts, batch_size=3)  # three steps
+        np.testing.assert_array_equal(request.result(timeout=60), model.embed(texts))
+        with pytest.raises(borda.InvalidInput, match="encoder"):
+            session.generate("hello")
+        assert host.stats()["tenants"]["a"]["requests"] == 1
