@@ -363,3 +363,16 @@ def test_a_session_runs_one_request_at_a_time(host: Host) -> None:
     with pytest.raises(borda.InvalidInput, match="busy"):
         session.generate_ids(prompt(host), 4)
     running.cancel()
+
+
+def test_closing_the_host_cancels_running_requests(host_model: Path, tmp_path: Path) -> None:
+    host = Host(workers=1, stats_file=tmp_path / "s.json")
+    host.add_model("llama", host_model)
+    host.add_tenant("a")
+    running = host.session("a", "llama").generate_ids(prompt(host), 900, stop_at_eos=False)
+    next(iter(running))
+    host.close()
+    with pytest.raises(borda.RequestCancelled):
+        running.result(timeout=5)
+    with pytest.raises(borda.BordaError, match="host is closed"):
+        host.session("a", "llama")

@@ -283,6 +283,8 @@ class Host:
         Its budget is "model bytes + the tenant's memory_per_session"; without max_context
         a decoder's context is as long as that private budget allows.
         """
+        if self._closed:
+            raise BordaError("the host is closed; create a new one")
         owner = self._tenant(tenant)
         loaded = self._model(model)
         owner.open_session()
@@ -358,10 +360,10 @@ class Host:
         """Cancel pending requests, stop the workers and free every session."""
         if self._closed:
             return
+        self._closed = True  # no new sessions from here on
         self._scheduler.close()
         for handle in list(self._sessions):
             handle.close()
-        self._closed = True
         if self._own_stats_file:
             self.stats_file.unlink(missing_ok=True)
         else:

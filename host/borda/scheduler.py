@@ -134,7 +134,7 @@ class Scheduler:
         self.time_slice = time_slice
         self._queues: dict[str, deque[Request]] = {}  # per tenant: requests ready to step
         self._turns: deque[str] = deque()  # tenants with a ready request, in turn order
-        self._pending = 0  # submitted and not finished
+        self._live: set[Request] = set()  # submitted and not finished
         self._closed = False
         self._cond = threading.Condition()
         self._threads = [
@@ -152,12 +152,12 @@ class Scheduler:
         with self._cond:
             if self._closed:
                 raise BordaError("the host is closed; create a new one")
-            if self._pending >= self.max_pending:
+            if len(self._live) >= self.max_pending:
                 raise QuotaExceeded(
                     f"tenant {tenant!r}: the host's queue is full ({self.max_pending} requests "
                     "pending); try again later"
                 )
-            self._pending += 1
+            self._live.add(request)
             self._ready(request)
         return request
 
@@ -165,16 +165,15 @@ class Scheduler:
         """Cancel what is pending and stop the workers once their current steps end."""
         with self._cond:
             self._closed = True
-            for queue in self._queues.values():
-                for request in queue:
-                    request.cancel()
+            for request in self._live:  # queued or running: each stops at its next step
+                request.cancel()
             self._cond.notify_all()
         for thread in self._threads:
             thread.join()
 
     @property
     def pending(self) -> int:
-        return self._pending
+        return len(self._live)
 
     def _ready(self, request: Request) -> None:
         queue = self._queues.setdefault(request.tenant, deque())
@@ -185,7 +184,7 @@ class Scheduler:
 
     def _take(self) -> Request | None:
         with self._cond:
-            self._cond.wait_for(lambda: self._turns or (self._closed and not self._pending))
+            self._cond.wait_for(lambda: self._turns or (self._closed and not self._live))
             if not self._turns:
                 return None
             tenant = self._turns.popleft()
@@ -204,5 +203,5 @@ class Scheduler:
                 if more:
                     self._ready(request)
                 else:
-                    self._pending -= 1
+                    self._live.discard(request)
                     self._cond.notify_all()
