@@ -376,3 +376,20 @@ def test_closing_the_host_cancels_running_requests(host_model: Path, tmp_path: P
         running.result(timeout=5)
     with pytest.raises(borda.BordaError, match="host is closed"):
         host.session("a", "llama")
+
+
+def test_turns_are_fair_between_tenants_not_requests(host_model: Path, tmp_path: Path) -> None:
+    with Host(workers=1, stats_file=tmp_path / "s.json", time_slice=0) as host:
+        host.add_model("llama", host_model)
+        host.add_tenant("many")
+        host.add_tenant("one")
+        ids = prompt(host)
+        many = [
+            host.session("many", "llama").generate_ids(ids, 300, stop_at_eos=False)
+            for _ in range(4)
+        ]
+        one = host.session("one", "llama").generate_ids(ids, 300, stop_at_eos=False)
+        assert len(one.result(timeout=60)) == 300
+        # "one" had every other turn; each of the four shared the rest
+        assert not any(request.done() for request in many)
+        assert all(len(request.result(timeout=60)) == 300 for request in many)
