@@ -72,10 +72,30 @@ typedef struct {
 
 int model_slot_loaded(const model_slot *slot);
 
-/* 1 when name is "blk.{layer}.{suffix}" with layer in canonical decimal and below
- * n_layers; *suffix / *suffix_len are then the part after the layer's dot. */
-int model_block_name(const char *name, uint32_t len, int n_layers, int *layer,
-                     const char **suffix, uint32_t *suffix_len);
+/* A per-layer weight "blk.{i}.<name>". rows and k are the model's dimension ids (see
+ * model_layers.dim_of); rows -1 means a vector [k] (f32). */
+typedef struct {
+    const char *name;
+    int rows, k, required;
+    size_t field; /* offset in the model's layer struct of a const float * or a model_matrix */
+} model_layer_tensor;
+
+typedef struct { /* a model's per-layer weights: the table and where they bind */
+    const model_layer_tensor *tensors;
+    int n_tensors;
+    void *layers; /* n_layers structs of layer_bytes */
+    size_t layer_bytes;
+    int n_layers;
+    int (*dim_of)(int id);
+} model_layers;
+
+/* 1 and the slot when name is "blk.{layer}.{tensor}" (layer in canonical decimal,
+ * below n_layers, tensor in the table); 0 otherwise. */
+int model_find_layer_slot(const model_layers *m, const char *name, uint32_t len,
+                          model_slot *slot);
+
+/* 1 when every required per-layer weight is bound; else 0 with err naming the first missing. */
+int model_check_layers(const model_layers *m, char *err);
 
 /* The slot of weight name, 0 when the model has no such weight. */
 typedef int (*model_find_slot)(const char *name, uint32_t len, model_slot *slot);

@@ -341,36 +341,29 @@ enum { SHAPE_DIM, SHAPE_FF }; /* expected dims, from the config */
 static int dim_of(int which) { return which == SHAPE_DIM ? c.dim : c.hidden_dim; }
 
 /* Per-layer tensors "blk.{i}.<name>", all required: rows -1 means a vector [k] (f32). */
-static const struct {
-    const char *name;
-    int rows, k;
-    size_t field; /* offset in Layer of a const float * (vector) or a model_matrix */
-} layer_tensors[] = {
-    {"attn_q.weight", SHAPE_DIM, SHAPE_DIM, __builtin_offsetof(Layer, wq)},
-    {"attn_q.bias", -1, SHAPE_DIM, __builtin_offsetof(Layer, bq)},
-    {"attn_k.weight", SHAPE_DIM, SHAPE_DIM, __builtin_offsetof(Layer, wk)},
-    {"attn_k.bias", -1, SHAPE_DIM, __builtin_offsetof(Layer, bk)},
-    {"attn_v.weight", SHAPE_DIM, SHAPE_DIM, __builtin_offsetof(Layer, wv)},
-    {"attn_v.bias", -1, SHAPE_DIM, __builtin_offsetof(Layer, bv)},
-    {"attn_output.weight", SHAPE_DIM, SHAPE_DIM, __builtin_offsetof(Layer, wo)},
-    {"attn_output.bias", -1, SHAPE_DIM, __builtin_offsetof(Layer, bo)},
-    {"attn_output_norm.weight", -1, SHAPE_DIM, __builtin_offsetof(Layer, attn_norm)},
-    {"attn_output_norm.bias", -1, SHAPE_DIM, __builtin_offsetof(Layer, attn_norm_b)},
-    {"ffn_up.weight", SHAPE_FF, SHAPE_DIM, __builtin_offsetof(Layer, w_up)},
-    {"ffn_up.bias", -1, SHAPE_FF, __builtin_offsetof(Layer, b_up)},
-    {"ffn_down.weight", SHAPE_DIM, SHAPE_FF, __builtin_offsetof(Layer, w_down)},
-    {"ffn_down.bias", -1, SHAPE_DIM, __builtin_offsetof(Layer, b_down)},
-    {"layer_output_norm.weight", -1, SHAPE_DIM, __builtin_offsetof(Layer, ffn_norm)},
-    {"layer_output_norm.bias", -1, SHAPE_DIM, __builtin_offsetof(Layer, ffn_norm_b)},
+static const model_layer_tensor layer_tensors[] = {
+    {"attn_q.weight", SHAPE_DIM, SHAPE_DIM, 1, __builtin_offsetof(Layer, wq)},
+    {"attn_q.bias", -1, SHAPE_DIM, 1, __builtin_offsetof(Layer, bq)},
+    {"attn_k.weight", SHAPE_DIM, SHAPE_DIM, 1, __builtin_offsetof(Layer, wk)},
+    {"attn_k.bias", -1, SHAPE_DIM, 1, __builtin_offsetof(Layer, bk)},
+    {"attn_v.weight", SHAPE_DIM, SHAPE_DIM, 1, __builtin_offsetof(Layer, wv)},
+    {"attn_v.bias", -1, SHAPE_DIM, 1, __builtin_offsetof(Layer, bv)},
+    {"attn_output.weight", SHAPE_DIM, SHAPE_DIM, 1, __builtin_offsetof(Layer, wo)},
+    {"attn_output.bias", -1, SHAPE_DIM, 1, __builtin_offsetof(Layer, bo)},
+    {"attn_output_norm.weight", -1, SHAPE_DIM, 1, __builtin_offsetof(Layer, attn_norm)},
+    {"attn_output_norm.bias", -1, SHAPE_DIM, 1, __builtin_offsetof(Layer, attn_norm_b)},
+    {"ffn_up.weight", SHAPE_FF, SHAPE_DIM, 1, __builtin_offsetof(Layer, w_up)},
+    {"ffn_up.bias", -1, SHAPE_FF, 1, __builtin_offsetof(Layer, b_up)},
+    {"ffn_down.weight", SHAPE_DIM, SHAPE_FF, 1, __builtin_offsetof(Layer, w_down)},
+    {"ffn_down.bias", -1, SHAPE_DIM, 1, __builtin_offsetof(Layer, b_down)},
+    {"layer_output_norm.weight", -1, SHAPE_DIM, 1, __builtin_offsetof(Layer, ffn_norm)},
+    {"layer_output_norm.bias", -1, SHAPE_DIM, 1, __builtin_offsetof(Layer, ffn_norm_b)},
 };
 #define N_LAYER_TENSORS ((int)(sizeof layer_tensors / sizeof layer_tensors[0]))
 
-static void layer_slot(int layer, int j, model_slot *slot) {
-    char *field = (char *)&w.layers[layer] + layer_tensors[j].field;
-    slot->rows = layer_tensors[j].rows < 0 ? -1 : dim_of(layer_tensors[j].rows);
-    slot->k = dim_of(layer_tensors[j].k);
-    slot->vec = slot->rows < 0 ? (const float **)(void *)field : 0;
-    slot->mat = slot->rows < 0 ? 0 : (model_matrix *)(void *)field;
+static model_layers layers(void) {
+    return (model_layers){layer_tensors, N_LAYER_TENSORS, w.layers, sizeof(Layer), c.n_layers,
+                          dim_of};
 }
 
 /* 1 and the slot of a known tensor name; 0 for an unknown one */
@@ -386,17 +379,8 @@ static int find_slot(const char *name, uint32_t len, model_slot *slot) {
         return *slot = norm, slot->vec = &w.embd_norm, 1;
     if (mp_str_eq(name, len, "token_embd_norm.bias"))
         return *slot = norm, slot->vec = &w.embd_norm_b, 1;
-    /* blk.{i}.{suffix} */
-    int layer;
-    const char *suffix;
-    uint32_t suffix_len;
-    if (!model_block_name(name, len, c.n_layers, &layer, &suffix, &suffix_len)) return 0;
-    for (int j = 0; j < N_LAYER_TENSORS; j++)
-        if (mp_str_eq(suffix, suffix_len, layer_tensors[j].name)) {
-            layer_slot(layer, j, slot);
-            return 1;
-        }
-    return 0;
+    model_layers m = layers();
+    return model_find_layer_slot(&m, name, len, slot);
 }
 
 static int load_weights(const mp_reader *map) {
@@ -407,14 +391,8 @@ static int load_weights(const mp_reader *map) {
     if (!w.token_types.rows) return fail("missing weight 'token_types.weight'");
     if (!w.embd_norm) return fail("missing weight 'token_embd_norm.weight'");
     if (!w.embd_norm_b) return fail("missing weight 'token_embd_norm.bias'");
-    for (int l = 0; l < c.n_layers; l++)
-        for (int j = 0; j < N_LAYER_TENSORS; j++) {
-            model_slot slot;
-            layer_slot(l, j, &slot);
-            if (!model_slot_loaded(&slot))
-                return fail("missing weight 'blk.%d.%s'", l, layer_tensors[j].name);
-        }
-    return 1;
+    model_layers m = layers();
+    return model_check_layers(&m, err);
 }
 
 /* ---- allocation ---- */

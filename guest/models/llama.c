@@ -257,11 +257,7 @@ static int dim_of(int which) {
 }
 
 /* Per-layer tensors "blk.{i}.<name>": rows -1 means a vector [k] (f32). */
-static const struct {
-    const char *name;
-    int rows, k, required;
-    size_t field; /* offset in Layer of a const float * (vector) or a model_matrix */
-} layer_tensors[] = {
+static const model_layer_tensor layer_tensors[] = {
     {"attn_norm.weight", -1, SHAPE_DIM, 1, __builtin_offsetof(Layer, attn_norm)},
     {"attn_q.weight", SHAPE_Q, SHAPE_DIM, 1, __builtin_offsetof(Layer, wq)},
     {"attn_k.weight", SHAPE_KV, SHAPE_DIM, 1, __builtin_offsetof(Layer, wk)},
@@ -277,12 +273,9 @@ static const struct {
 };
 #define N_LAYER_TENSORS ((int)(sizeof layer_tensors / sizeof layer_tensors[0]))
 
-static void layer_slot(int layer, int j, model_slot *slot) {
-    char *field = (char *)&w.layers[layer] + layer_tensors[j].field;
-    slot->rows = layer_tensors[j].rows < 0 ? -1 : dim_of(layer_tensors[j].rows);
-    slot->k = dim_of(layer_tensors[j].k);
-    slot->vec = slot->rows < 0 ? (const float **)(void *)field : 0;
-    slot->mat = slot->rows < 0 ? 0 : (model_matrix *)(void *)field;
+static model_layers layers(void) {
+    return (model_layers){layer_tensors, N_LAYER_TENSORS, w.layers, sizeof(Layer), c.n_layers,
+                          dim_of};
 }
 
 /* 1 and the slot of a known tensor name; 0 for an unknown one */
@@ -292,17 +285,8 @@ static int find_slot(const char *name, uint32_t len, model_slot *slot) {
     if (mp_str_eq(name, len, "token_embd.weight")) return slot->mat = &w.token_embd, 1;
     if (mp_str_eq(name, len, "output.weight")) return slot->mat = &w.output, 1;
     if (mp_str_eq(name, len, "output_norm.weight")) return *slot = norm, 1;
-    /* blk.{i}.{suffix} */
-    int layer;
-    const char *suffix;
-    uint32_t suffix_len;
-    if (!model_block_name(name, len, c.n_layers, &layer, &suffix, &suffix_len)) return 0;
-    for (int j = 0; j < N_LAYER_TENSORS; j++)
-        if (mp_str_eq(suffix, suffix_len, layer_tensors[j].name)) {
-            layer_slot(layer, j, slot);
-            return 1;
-        }
-    return 0;
+    model_layers m = layers();
+    return model_find_layer_slot(&m, name, len, slot);
 }
 
 static int load_weights(const mp_reader *map) {
@@ -311,14 +295,8 @@ static int load_weights(const mp_reader *map) {
     if (!w.token_embd.rows) return fail("missing weight 'token_embd.weight'");
     if (!w.output_norm) return fail("missing weight 'output_norm.weight'");
     if (!w.output.rows) w.output = w.token_embd; /* tied embeddings */
-    for (int l = 0; l < c.n_layers; l++)
-        for (int j = 0; j < N_LAYER_TENSORS; j++) {
-            model_slot slot;
-            layer_slot(l, j, &slot);
-            if (layer_tensors[j].required && !model_slot_loaded(&slot))
-                return fail("missing weight 'blk.%d.%s'", l, layer_tensors[j].name);
-        }
-    return 1;
+    model_layers m = layers();
+    return model_check_layers(&m, err);
 }
 
 /* ---- allocation ---- */

@@ -84,14 +84,38 @@ static int parse_uint(const char *p, uint32_t n, int *out) { /* canonical decima
     return 1;
 }
 
-int model_block_name(const char *name, uint32_t len, int n_layers, int *layer,
-                     const char **suffix, uint32_t *suffix_len) {
+static void layer_slot(const model_layers *m, int layer, int j, model_slot *slot) {
+    const model_layer_tensor *t = &m->tensors[j];
+    char *field = (char *)m->layers + (size_t)layer * m->layer_bytes + t->field;
+    slot->rows = t->rows < 0 ? -1 : m->dim_of(t->rows);
+    slot->k = m->dim_of(t->k);
+    slot->vec = slot->rows < 0 ? (const float **)(void *)field : 0;
+    slot->mat = slot->rows < 0 ? 0 : (model_matrix *)(void *)field;
+}
+
+int model_find_layer_slot(const model_layers *m, const char *name, uint32_t len,
+                          model_slot *slot) {
+    int layer;
     if (len < 6 || !mp_str_eq(name, 4, "blk.")) return 0;
     uint32_t dot = 4;
     while (dot < len && name[dot] != '.') dot++;
-    if (dot == len || !parse_uint(name + 4, dot - 4, layer) || *layer >= n_layers) return 0;
-    *suffix = name + dot + 1;
-    *suffix_len = len - dot - 1;
+    if (dot == len || !parse_uint(name + 4, dot - 4, &layer) || layer >= m->n_layers) return 0;
+    for (int j = 0; j < m->n_tensors; j++)
+        if (mp_str_eq(name + dot + 1, len - dot - 1, m->tensors[j].name)) {
+            layer_slot(m, layer, j, slot);
+            return 1;
+        }
+    return 0;
+}
+
+int model_check_layers(const model_layers *m, char *err) {
+    for (int l = 0; l < m->n_layers; l++)
+        for (int j = 0; j < m->n_tensors; j++) {
+            model_slot slot;
+            layer_slot(m, l, j, &slot);
+            if (m->tensors[j].required && !model_slot_loaded(&slot))
+                return borda_failf(err, "missing weight 'blk.%d.%s'", l, m->tensors[j].name);
+        }
     return 1;
 }
 
