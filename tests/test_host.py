@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,6 +27,15 @@ def host(host_model: Path, tmp_path: Path) -> Iterator[Host]:
     with Host(workers=2, stats_file=tmp_path / "stats.json") as h:
         h.add_model("llama", host_model)
         yield h
+
+
+def one_worker_host(model: Path, tmp_path: Path, *tenants: str, **options: Any) -> Host:
+    """A host with one worker (turns are then strictly ordered), the model and tenants."""
+    host = Host(workers=1, stats_file=tmp_path / "s.json", **options)
+    host.add_model("llama", model)
+    for tenant in tenants:
+        host.add_tenant(tenant)
+    return host
 
 
 def plain_ids(model_path: Path, prompt_ids: list[int], n: int) -> list[int]:
@@ -53,10 +63,7 @@ def test_host_sessions_generate_what_a_plain_session_generates(
 
 
 def test_long_generation_does_not_starve_short_ones(host_model: Path, tmp_path: Path) -> None:
-    with Host(workers=1, stats_file=tmp_path / "s.json", time_slice=0.01) as host:
-        host.add_model("llama", host_model)
-        host.add_tenant("long")
-        host.add_tenant("short")
+    with one_worker_host(host_model, tmp_path, "long", "short", time_slice=0.01) as host:
         ids = prompt(host)
         long = host.session("long", "llama").generate_ids(ids, 900, stop_at_eos=False)
         shorts = [
@@ -147,10 +154,7 @@ def test_full_queue_answers_at_once(host: Host) -> None:
 
 
 def test_host_queue_bound(host_model: Path, tmp_path: Path) -> None:
-    with Host(workers=1, max_pending=1, stats_file=tmp_path / "s.json") as host:
-        host.add_model("llama", host_model)
-        host.add_tenant("a")
-        host.add_tenant("b")
+    with one_worker_host(host_model, tmp_path, "a", "b", max_pending=1) as host:
         running = host.session("a", "llama").generate_ids(prompt(host), 900, stop_at_eos=False)
         with pytest.raises(borda.QuotaExceeded, match=r"'b'.*queue is full"):
             host.session("b", "llama").generate_ids(prompt(host), 4)
@@ -366,9 +370,7 @@ def test_a_session_runs_one_request_at_a_time(host: Host) -> None:
 
 
 def test_closing_the_host_cancels_running_requests(host_model: Path, tmp_path: Path) -> None:
-    host = Host(workers=1, stats_file=tmp_path / "s.json")
-    host.add_model("llama", host_model)
-    host.add_tenant("a")
+    host = one_worker_host(host_model, tmp_path, "a")
     running = host.session("a", "llama").generate_ids(prompt(host), 900, stop_at_eos=False)
     next(iter(running))
     host.close()
@@ -379,10 +381,7 @@ def test_closing_the_host_cancels_running_requests(host_model: Path, tmp_path: P
 
 
 def test_turns_are_fair_between_tenants_not_requests(host_model: Path, tmp_path: Path) -> None:
-    with Host(workers=1, stats_file=tmp_path / "s.json", time_slice=0) as host:
-        host.add_model("llama", host_model)
-        host.add_tenant("many")
-        host.add_tenant("one")
+    with one_worker_host(host_model, tmp_path, "many", "one", time_slice=0) as host:
         ids = prompt(host)
         many = [
             host.session("many", "llama").generate_ids(ids, 300, stop_at_eos=False)
