@@ -39,13 +39,20 @@
  *   are reduced by one transpose-add to [I_b0..I_b3], corrected by the block
  *   sums and scaled by d[r][b..b+3] * xd[b..b+3].
  *
- * GEMM (several tokens, compute bound): register tile of 4 rows x 4 tokens.
- *   The 4 rows are repacked per K chunk into a stack panel in "VNNI layout":
- *   one v128 = 4 consecutive k of the 4 rows. Broadcasting 4 activation bytes
- *   of a token (one i32 lane, a shuffle) then yields one i32 lane per row with
- *   no horizontal reduction; each panel vector is reused by the 4 tokens.
- *   Measured on 4096x4096 x 64 tokens: 4x4 ~72 GOP/s, 8x3 / 8x4 ~70,
- *   12x3 / 12x4 ~63.
+ * GEMM (several tokens, compute bound): register tile of 8 rows x 4 tokens.
+ *   Rows are repacked, 4 to a panel, in "VNNI layout": one v128 = 4
+ *   consecutive k of the 4 rows. A token's 4 activation bytes broadcast to all
+ *   lanes then give one i32 lane per row with no horizontal reduction. The
+ *   broadcasts are made once per token tile and K chunk (act_tile) and loaded
+ *   like the panels: a load costs less than a shuffle in the inner loop,
+ *   where the multiply ports are the limit. Each k-group is one basic block
+ *   of 2 panel + 4 activation loads (two digits: one token, 4 + 4 loads).
+ *   Loop order: K chunks > row groups (the panels that fit in L2) > token
+ *   tiles > 8-row tiles: a token tile's broadcasts stay in L1 while the
+ *   group's panels stream from L2.
+ *   Measured on MiniLM shapes (384 x 384, 1536 x 384, 384 x 1536, 512
+ *   tokens): one digit 42 GMAC/s, two digits 26 GMAC/s; the former 4x4 tile
+ *   that broadcast with shuffles, one panel at a time: 33 and 21 GMAC/s.
  */
 #include "borda.h"
 
@@ -308,26 +315,38 @@ void gemv_q8_0_i16(const q8_matrix *w, const int8_t *xu, const float *xd, float 
 }
 
 /* ---------------------------------------------------------------------------
- * GEMM: 4 rows x 4 tokens register tile over a packed panel
+ * GEMM: 4 rows x 4 tokens register tile
  * ------------------------------------------------------------------------- */
 
-#define GEMM_ROWS 4           /* rows per panel (one i32 lane each) */
-#define GEMM_NT 4             /* tokens per tile (one i32 lane each in dxT) */
-#define GEMM_KC 4096          /* K chunk: the panel holds 4 x 4096 bytes */
+#define GEMM_ROWS 4                 /* rows per panel (one i32 lane each); a tile has 2 */
+#define GEMM_NT 4                   /* tokens per tile */
+#define GEMM_KC 512                 /* K chunk */
 #define GEMM_KCB (GEMM_KC / QK8_0)
-#define GEMM_DX_TILES 64      /* dxT holds 64 tiles x 128 blocks x 4 = 128 KB */
+#define GEMM_PANELS_BYTES (256 << 10) /* a row group's panels: well inside L2 */
 
+/* One block (32 k) of a panel. */
 typedef struct {
-    /* qs[b][j]: k-group j (k = 32b+4j .. 32b+4j+3) of the panel's 4 rows:
+    /* qs[j]: k-group j (k = 4j .. 4j+3 of the block) of the panel's 4 rows:
      *   [row0 k..k+3 | row1 k..k+3 | row2 k..k+3 | row3 k..k+3]           */
-    v128_t qs[GEMM_KCB][QK8_0 / 4];
-    v128_t d[GEMM_KCB];    /* f32x4: d of the 4 rows            */
-    v128_t negs[GEMM_KCB]; /* i32x4: -OFFSET_SUM * s of the 4 rows */
-} q8_panel;
+    v128_t qs[QK8_0 / 4];
+    v128_t d;    /* f32x4: d of the 4 rows              */
+    v128_t negs; /* i32x4: -OFFSET_SUM * s of the 4 rows */
+} q8_panel_block;
+
+/* The packed panels of a row group: panel i, block b at panels[i * nb + b]. */
+static q8_panel_block panels[GEMM_PANELS_BYTES / sizeof(q8_panel_block)];
+
+/* A token tile's activations for one K chunk: x[b][g][digit][t] is token t's 4 bytes of
+ * digit plane `digit` at k-group g (k = 32b + 4g) in all 4 lanes, dx[b][t] its scale in
+ * all 4 lanes. */
+typedef struct {
+    v128_t x[GEMM_KCB * QK8_0 / 4 * 2 * GEMM_NT]; /* [b][g][digit][t] */
+    v128_t dx[GEMM_KCB][GEMM_NT];
+} act_tile;
 
 /* Pack rows r..r+nr-1 (nr <= 4; missing rows are zero), blocks b0..b0+nb-1. */
 static void pack_panel(const q8_matrix *w, int r, int nr, size_t b0, int nb, int digits,
-                       q8_panel *p) {
+                       q8_panel_block *p) {
     size_t k = (size_t)w->k, kb = k / QK8_0;
     v128_t zero = wasm_i32x4_splat(0);
     const int8_t *rows[4];
@@ -344,7 +363,7 @@ static void pack_panel(const q8_matrix *w, int r, int nr, size_t b0, int nb, int
             v128_t t1 = wasm_i32x4_shuffle(x2, x3, 0, 4, 1, 5);
             v128_t t2 = wasm_i32x4_shuffle(x0, x1, 2, 6, 3, 7);
             v128_t t3 = wasm_i32x4_shuffle(x2, x3, 2, 6, 3, 7);
-            v128_t *q = p->qs[b] + h / 4;
+            v128_t *q = p[b].qs + h / 4;
             q[0] = wasm_i64x2_shuffle(t0, t1, 0, 2);
             q[1] = wasm_i64x2_shuffle(t0, t1, 1, 3);
             q[2] = wasm_i64x2_shuffle(t2, t3, 0, 2);
@@ -357,79 +376,37 @@ static void pack_panel(const q8_matrix *w, int r, int nr, size_t b0, int nb, int
             d[i] = w->d[o];
             s[i] = -OFFSET_SUM(digits) * w->s[o];
         }
-        p->d[b] = wasm_v128_load(d);
-        p->negs[b] = wasm_v128_load(s);
+        p[b].d = wasm_v128_load(d);
+        p[b].negs = wasm_v128_load(s);
     }
 }
 
-/* xd of tokens 0..nt-1 for blocks b0..b0+nb-1 as dxT[tile][b][4]: the 4
- * tokens of a tile side by side (zero for missing tokens), one v128 per
- * block, so the tile kernel gets a token's scale with one shuffle. */
-static void pack_dx(const float *xd, size_t kb, int nt, size_t b0, int nb, float *dxT) {
-    for (int t0 = 0; t0 < nt; t0 += GEMM_NT) {
-        float *tile = dxT + (size_t)(t0 / GEMM_NT) * nb * 4;
-        for (int t = 0; t < GEMM_NT; t++) {
-            const float *src = xd + (size_t)(t0 + t) * kb + b0;
-            for (int b = 0; b < nb; b++) tile[4 * b + t] = t0 + t < nt ? src[b] : 0.0f;
+/* Tokens t..t+nt-1 (nt <= 4; missing tokens repeat the first), blocks b0..b0+nb-1. */
+static void pack_act_tile(const int8_t *xu, const float *xd, size_t k, int nt, size_t b0, int nb,
+                          int digits, act_tile *a) {
+    size_t kb = k / QK8_0, stride = (size_t)digits * k;
+    for (int t = 0; t < GEMM_NT; t++) {
+        size_t tt = (size_t)(t < nt ? t : 0);
+        const float *sd = xd + tt * kb + b0;
+        for (int digit = 0; digit < digits; digit++) {
+            const int8_t *src = xu + tt * stride + (size_t)digit * k + b0 * QK8_0;
+            for (int b = 0; b < nb; b++)
+                for (int h = 0; h < 2; h++) {
+                    v128_t x = wasm_v128_load(src + 32 * b + 16 * h);
+                    size_t g = (size_t)(8 * b + 4 * h), step = (size_t)digits * GEMM_NT;
+                    v128_t *o = a->x + (g * digits + (size_t)digit) * GEMM_NT + t;
+                    o[0] = splat_lane(x, 0);
+                    o[step] = splat_lane(x, 1);
+                    o[2 * step] = splat_lane(x, 2);
+                    o[3 * step] = splat_lane(x, 3);
+                }
         }
+        for (int b = 0; b < nb; b++) a->dx[b][t] = wasm_f32x4_splat(sd[b]);
     }
 }
 
-/* One 4 rows x nt tokens tile (nt <= 4 and digits constant at every call
- * site) over nb blocks of the panel. Token t's digit planes start at
- * xu + t * digits * k. acc[t] is the i32x4 dot of block b (one lane per row),
- * started at -OFFSET_SUM * s so that it ends as I(r,t,b) exactly; facc[t]
- * accumulates the f32 results. */
-static inline __attribute__((always_inline)) void tile_4xN(const q8_panel *p, int nb,
-                                                           const int8_t *xu, size_t k,
-                                                           const float *dxT, float *y,
-                                                           size_t rows, int nr, int accumulate,
-                                                           const int nt, const int digits) {
-    v128_t radix = wasm_i16x8_splat(ACT_RADIX);
-    size_t stride = (size_t)digits * k;
-    v128_t facc[GEMM_NT];
-    for (int t = 0; t < nt; t++) facc[t] = wasm_f32x4_splat(0.0f);
-    for (int b = 0; b < nb; b++) {
-        const int8_t *u = xu + (size_t)b * QK8_0;
-        v128_t acc[GEMM_NT];
-        for (int t = 0; t < nt; t++) acc[t] = p->negs[b];
-        UNROLLED
-        for (int step = 0; step < 2 * digits; step++) { /* (digit, 16-byte half) */
-            /* Never taken (see split_basic_block): ends the basic block after
-             * each step, so its arithmetic is emitted before the next step's
-             * 4 panel + 4 activation loads. */
-            if (step > 0 && !split_basic_block) break;
-            int digit = step / 2, h = step % 2;
-            v128_t x[GEMM_NT];
-            for (int t = 0; t < nt; t++)
-                x[t] = wasm_v128_load(u + (size_t)t * stride + (size_t)digit * k + 16 * h);
-            if (digits == 1) {
-                for (int j = 0; j < 4; j++) {
-                    v128_t wv = p->qs[b][4 * h + j];
-                    for (int t = 0; t < nt; t++) /* 4 activations of token t, broadcast */
-                        acc[t] = rdot(wv, splat_lane(x[t], j), acc[t]);
-                }
-                continue;
-            }
-            for (int j = 0; j < 4; j += 2) { /* two k-groups' pair sums added in i16 */
-                v128_t w0 = p->qs[b][4 * h + j], w1 = p->qs[b][4 * h + j + 1];
-                for (int t = 0; t < nt; t++) {
-                    v128_t s16 = wasm_i16x8_add(
-                        wasm_i16x8_relaxed_dot_i8x16_i7x16(w0, splat_lane(x[t], j)),
-                        wasm_i16x8_relaxed_dot_i8x16_i7x16(w1, splat_lane(x[t], j + 1)));
-                    v128_t s32 = digit == 0 ? wasm_i32x4_dot_i16x8(s16, radix)
-                                            : wasm_i32x4_extadd_pairwise_i16x8(s16);
-                    acc[t] = wasm_i32x4_add(acc[t], s32);
-                }
-            }
-        }
-        v128_t d = p->d[b], dx = wasm_v128_load(dxT + 4 * b);
-        for (int t = 0; t < nt; t++) {
-            v128_t scale = wasm_f32x4_mul(d, splat_lane(dx, t));
-            v128_t contrib = wasm_f32x4_mul(wasm_f32x4_convert_i32x4(acc[t]), scale);
-            facc[t] = wasm_f32x4_add(facc[t], contrib);
-        }
-    }
+static inline void store_tile(const v128_t *facc, float *y, size_t rows, int nr, int nt,
+                              int accumulate) {
     for (int t = 0; t < nt; t++) {
         float *yt = y + (size_t)t * rows;
         if (nr == 4) {
@@ -444,58 +421,119 @@ static inline __attribute__((always_inline)) void tile_4xN(const q8_panel *p, in
     }
 }
 
-/* The tile instances are separate functions so that their register
- * allocation does not compete with the scalars of the loop nest below. */
-typedef void (*tile_fn)(const q8_panel *, int, const int8_t *, size_t, const float *, float *,
-                        size_t, int, int);
-
-#define TILE(NT, DIGITS)                                                                       \
-    static __attribute__((noinline)) void tile_4x##NT##_##DIGITS(                              \
-        const q8_panel *p, int nb, const int8_t *xu, size_t k, const float *dxT, float *y,     \
-        size_t rows, int nr, int accumulate) {                                                 \
-        tile_4xN(p, nb, xu, k, dxT, y, rows, nr, accumulate, NT, DIGITS);                      \
+/* One tile, 8 rows (panels p0, p1) x 4 tokens (a), over nb blocks (nt and nr say which
+ * results are stored). acc[i][t] is the i32x4 dot of block b (one lane per row of panel
+ * i), started at -OFFSET_SUM * s so that it ends as I(r,t,b) exactly; facc[i][t]
+ * accumulates the f32 results. One basic block per k-group (split_basic_block), per token
+ * and pair of k-groups with two digits. */
+static inline __attribute__((always_inline)) void tile_8x4(const q8_panel_block *p0,
+                                                           const q8_panel_block *p1, int nb,
+                                                           const act_tile *a, float *y,
+                                                           size_t rows, int nr, int nt,
+                                                           int accumulate, const int digits) {
+    v128_t radix = wasm_i16x8_splat(ACT_RADIX);
+    v128_t facc[2][GEMM_NT];
+    for (int t = 0; t < GEMM_NT; t++) facc[0][t] = facc[1][t] = wasm_f32x4_splat(0.0f);
+    for (int b = 0; b < nb; b++) {
+        const v128_t *pq0 = p0[b].qs, *pq1 = p1[b].qs;
+        const v128_t *x = a->x + (size_t)b * (QK8_0 / 4) * digits * GEMM_NT;
+        OPAQUE(pq0);
+        OPAQUE(pq1);
+        OPAQUE(x);
+        v128_t acc[2][GEMM_NT];
+        for (int t = 0; t < GEMM_NT; t++) {
+            acc[0][t] = p0[b].negs;
+            acc[1][t] = p1[b].negs;
+        }
+        UNROLLED
+        for (int g = 0; g < QK8_0 / 4; g += digits) {
+            if (digits == 1) {
+                if (g > 0 && !split_basic_block) break;
+                v128_t w0 = pq0[g], w1 = pq1[g];
+                UNROLLED
+                for (int t = 0; t < GEMM_NT; t++) {
+                    acc[0][t] = rdot(w0, x[GEMM_NT * g + t], acc[0][t]);
+                    acc[1][t] = rdot(w1, x[GEMM_NT * g + t], acc[1][t]);
+                }
+                continue;
+            }
+            /* x[(g * 2 + digit) * 4 + t]: two k-groups' pair sums added in i16 */
+            const v128_t *xg = x + 2 * GEMM_NT * g, *xh = xg + 2 * GEMM_NT;
+            UNROLLED
+            for (int t = 0; t < GEMM_NT; t++) {
+                if ((g > 0 || t > 0) && !split_basic_block) break;
+                UNROLLED
+                for (int i = 0; i < 2; i++) {
+                    const v128_t *pq = i ? pq1 : pq0;
+                    UNROLLED
+                    for (int digit = 0; digit < 2; digit++) {
+                        v128_t s16 = wasm_i16x8_add(
+                            wasm_i16x8_relaxed_dot_i8x16_i7x16(pq[g], xg[GEMM_NT * digit + t]),
+                            wasm_i16x8_relaxed_dot_i8x16_i7x16(pq[g + 1], xh[GEMM_NT * digit + t]));
+                        v128_t s32 = digit == 0 ? wasm_i32x4_dot_i16x8(s16, radix)
+                                                : wasm_i32x4_extadd_pairwise_i16x8(s16);
+                        acc[i][t] = wasm_i32x4_add(acc[i][t], s32);
+                    }
+                }
+            }
+        }
+        for (int i = 0; i < 2; i++) {
+            v128_t d = (i ? p1 : p0)[b].d;
+            for (int t = 0; t < GEMM_NT; t++) {
+                v128_t scale = wasm_f32x4_mul(d, a->dx[b][t]);
+                v128_t contrib = wasm_f32x4_mul(wasm_f32x4_convert_i32x4(acc[i][t]), scale);
+                facc[i][t] = wasm_f32x4_add(facc[i][t], contrib);
+            }
+        }
     }
-TILE(1, 1)
-TILE(2, 1)
-TILE(3, 1)
-TILE(4, 1)
-TILE(1, 2)
-TILE(2, 2)
-TILE(3, 2)
-TILE(4, 2)
+    store_tile(facc[0], y, rows, nr < GEMM_ROWS ? nr : GEMM_ROWS, nt, accumulate);
+    if (nr > GEMM_ROWS) store_tile(facc[1], y + GEMM_ROWS, rows, nr - GEMM_ROWS, nt, accumulate);
+}
+
+/* The tile instances are separate functions so that their register allocation does not
+ * compete with the scalars of the loop nest below. */
+typedef void (*tile_fn)(const q8_panel_block *, const q8_panel_block *, int, const act_tile *,
+                        float *, size_t, int, int, int);
+
+#define TILE(DIGITS)                                                                          \
+    static __attribute__((noinline)) void tile_8x4_##DIGITS(                                  \
+        const q8_panel_block *p0, const q8_panel_block *p1, int nb, const act_tile *a,        \
+        float *y, size_t rows, int nr, int nt, int accumulate) {                              \
+        tile_8x4(p0, p1, nb, a, y, rows, nr, nt, accumulate, DIGITS);                         \
+    }
+TILE(1)
+TILE(2)
 #undef TILE
 
-/* tiles[digits - 1][nt - 1] */
-static const tile_fn tiles[2][GEMM_NT] = {{tile_4x1_1, tile_4x2_1, tile_4x3_1, tile_4x4_1},
-                                          {tile_4x1_2, tile_4x2_2, tile_4x3_2, tile_4x4_2}};
-
-/* Loop order: token passes (as many tiles as dxT holds) > K chunks > 4-row
- * panels > token tiles. Each panel is packed once per (pass, chunk) and then
- * reused by every tile of the pass from L1; y accumulates over K chunks. */
+/* Loop order: K chunks > row groups (as many panels as `panels` holds) > token tiles >
+ * 8-row tiles. y accumulates over K chunks. */
 static void gemm_q8_0_tiled(const q8_matrix *w, const int8_t *xu, const float *xd, float *y,
                             int n_tokens, int digits) {
-    q8_panel panel;                              /* 20 KB of stack */
-    float dxT[GEMM_DX_TILES * GEMM_KCB * 4];     /* 128 KB of stack */
+    act_tile tile; /* 17 KB of stack */
+    tile_fn run_tile = digits == 1 ? tile_8x4_1 : tile_8x4_2;
     size_t k = (size_t)w->k, kb = k / QK8_0, rows = (size_t)w->rows;
-    size_t stride = (size_t)digits * k;          /* one token's digit planes */
-    const int pass = GEMM_DX_TILES * GEMM_NT;
     if (kb == 0)
         for (size_t i = 0; i < (size_t)n_tokens * rows; i++) y[i] = 0.0f;
-    for (int t0 = 0; t0 < n_tokens; t0 += pass) {
-        int npass = n_tokens - t0 < pass ? n_tokens - t0 : pass;
-        for (size_t b0 = 0; b0 < kb; b0 += GEMM_KCB) {
-            int nb = kb - b0 < GEMM_KCB ? (int)(kb - b0) : GEMM_KCB;
-            int accumulate = b0 > 0;
-            pack_dx(xd + (size_t)t0 * kb, kb, npass, b0, nb, dxT);
-            for (int r = 0; r < w->rows; r += GEMM_ROWS) {
-                int nr = w->rows - r < GEMM_ROWS ? w->rows - r : GEMM_ROWS;
-                pack_panel(w, r, nr, b0, nb, digits, &panel);
-                for (int t = 0; t < npass; t += GEMM_NT) {
-                    int nt = npass - t < GEMM_NT ? npass - t : GEMM_NT;
-                    const int8_t *u = xu + (size_t)(t0 + t) * stride + b0 * QK8_0;
-                    const float *dx = dxT + (size_t)(t / GEMM_NT) * nb * 4;
-                    float *yt = y + (size_t)(t0 + t) * rows + r;
-                    tiles[digits - 1][nt - 1](&panel, nb, u, k, dx, yt, rows, nr, accumulate);
+    for (size_t b0 = 0; b0 < kb; b0 += GEMM_KCB) {
+        int nb = kb - b0 < GEMM_KCB ? (int)(kb - b0) : GEMM_KCB;
+        int accumulate = b0 > 0;
+        int group = (int)(sizeof panels / sizeof panels[0]) / nb / 2 * 2 * GEMM_ROWS;
+        for (int r0 = 0; r0 < w->rows; r0 += group) {
+            int nrg = w->rows - r0 < group ? w->rows - r0 : group;
+            for (int r = 0; r < nrg; r += GEMM_ROWS) {
+                int nr = nrg - r < GEMM_ROWS ? nrg - r : GEMM_ROWS;
+                pack_panel(w, r0 + r, nr, b0, nb, digits, panels + (size_t)(r / GEMM_ROWS) * nb);
+            }
+            for (int t = 0; t < n_tokens; t += GEMM_NT) {
+                int nt = n_tokens - t < GEMM_NT ? n_tokens - t : GEMM_NT;
+                pack_act_tile(xu + (size_t)t * digits * k, xd + (size_t)t * kb, k, nt, b0, nb,
+                              digits, &tile);
+                for (int r = 0; r < nrg; r += 2 * GEMM_ROWS) {
+                    int nr = nrg - r < 2 * GEMM_ROWS ? nrg - r : 2 * GEMM_ROWS;
+                    const q8_panel_block *p0 = panels + (size_t)(r / GEMM_ROWS) * nb;
+                    const q8_panel_block *p1 = nr > GEMM_ROWS ? p0 + nb : p0;
+                    run_tile(p0, p1, nb, &tile, y + (size_t)t * rows + r0 + r, rows, nr, nt,
+                             accumulate);
                 }
             }
         }
