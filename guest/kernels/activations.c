@@ -63,9 +63,16 @@ static inline v128_t erfc_f32x4(v128_t z) {
     v128_t t = wasm_f32x4_div(wasm_f32x4_splat(1.0f),
                               wasm_f32x4_add(wasm_f32x4_splat(1.0f),
                                              wasm_f32x4_mul(wasm_f32x4_splat(0.5f), z)));
-    v128_t p = wasm_f32x4_splat(c[9]);
-    for (int i = 8; i >= 0; i--)
-        p = wasm_f32x4_add(wasm_f32x4_mul(p, t), wasm_f32x4_splat(c[i]));
+    /* Estrin's scheme in t, t^2, t^4, t^8: a chain of 5 steps instead of 9 */
+    v128_t q[5];
+    for (int i = 0; i < 5; i++)
+        q[i] = wasm_f32x4_add(wasm_f32x4_splat(c[2 * i]),
+                              wasm_f32x4_mul(wasm_f32x4_splat(c[2 * i + 1]), t));
+    v128_t t2 = wasm_f32x4_mul(t, t), t4 = wasm_f32x4_mul(t2, t2), t8 = wasm_f32x4_mul(t4, t4);
+    v128_t p = wasm_f32x4_add(
+        wasm_f32x4_add(wasm_f32x4_add(q[0], wasm_f32x4_mul(q[1], t2)),
+                       wasm_f32x4_mul(wasm_f32x4_add(q[2], wasm_f32x4_mul(q[3], t2)), t4)),
+        wasm_f32x4_mul(q[4], t8));
     return wasm_f32x4_mul(t, exp_f32x4(wasm_f32x4_sub(p, wasm_f32x4_mul(z, z))));
 }
 
