@@ -112,17 +112,18 @@ def test_q8_0_matmul_integer_dot_products_are_exact(
 
 @pytest.mark.parametrize("digits", [1, 2])
 def test_q8_0_matmul_is_exact_across_k_chunks_and_row_groups(digits: int) -> None:
-    # The tiled GEMM works in K chunks of 16 blocks and row groups of at most 408 rows
-    # (gemm_q8_0.c): 17 blocks and 413 rows cross both boundaries and leave ragged tails,
-    # 7 tokens a partial token tile. Exact as above: |y| <= 544 * 127 * 124 + 17 * 127 * 1984
-    # < 2**24 with two digits (activations in [-124, 124] off the block maxima).
+    # The tiled GEMM works in K chunks of 32 blocks and row groups of at most 1638 // nb
+    # // 2 * 8 rows, 200 for a full chunk (gemm_q8_0.c): 33 blocks and 205 rows cross both
+    # boundaries and leave ragged tails, 7 tokens a partial token tile. Exact as above:
+    # |y| <= 1056 * 127 * 62 + 33 * 127 * 1984 < 2**24 with two digits (activations in
+    # [-62, 62] off the block maxima).
     rng = rng_for(7)
-    rows, blocks, tokens = 413, 17, 7
+    rows, blocks, tokens = 205, 33, 7
     k = blocks * 32
     vmax = quant.ACT_VMAX[digits]
     qs = rng.integers(-127, 128, (rows, k), dtype=np.int8)
     w = q8_0_bytes(np.ones((rows, blocks)), qs)
-    x = rng.integers(-vmax, vmax + 1, (tokens, k)) // (1 if digits == 1 else 16)
+    x = rng.integers(-vmax, vmax + 1, (tokens, k)) // (1 if digits == 1 else 32)
     x = x.astype(np.float32)
     x[:, ::32] = vmax
     expected = x.astype(np.int64) @ qs.astype(np.int64).T
