@@ -84,6 +84,25 @@ def q8_0_bytes(scales: np.ndarray, qs: np.ndarray) -> np.ndarray:
 
 @SETTINGS
 @given(
+    seed=SEEDS, tokens=st.integers(1, 5), blocks=st.integers(1, 6), digits=st.sampled_from([1, 2])
+)
+def test_activation_digits_equal_their_numpy_twin(
+    seed: int, tokens: int, blocks: int, digits: int
+) -> None:
+    rng = rng_for(seed)
+    x = (rng.standard_normal((tokens, blocks * 32)) * 4).astype(np.float32)
+    # ties: a block maximum of vmax makes d = 1, so halves round (to even) exactly
+    vmax = quant.ACT_VMAX[digits]
+    x[0, :32] = rng.integers(-2 * vmax, 2 * vmax + 1, 32) / np.float32(2)
+    x[0, 0] = vmax
+    x[-1, -32:] = 0  # an all-zero block
+    got, expected = kernels().quantize_act(x, digits), quant.quantize_act(x, digits)
+    np.testing.assert_array_equal(got.u, expected.u)
+    np.testing.assert_array_equal(got.d, expected.d)
+
+
+@SETTINGS
+@given(
     seed=SEEDS,
     rows=st.integers(1, 13),
     blocks=st.integers(1, 8),

@@ -14,20 +14,17 @@ static float absmax32(const float *x) {
     return hmax_f32x4(m);
 }
 
-/* q = roundf(x * id) for 32 floats -> 32 int8, optionally offset by `add`
- * after clamping to [-qmax, qmax]. The i32 -> i8 narrowing saturates, which
- * never triggers because |q| <= 127 already. */
-static void round_block32(const float *x, float id, int qmax, int add, int8_t *out) {
+/* q = roundf(x * id) for 32 floats -> 32 int8 (|q| <= 127 already, so neither the
+ * clamp nor the saturating narrowing ever changes a value of a finite input). */
+static void round_block32(const float *x, float id, int8_t *out) {
     v128_t vid = wasm_f32x4_splat(id);
-    v128_t lo = wasm_i32x4_splat(-qmax), hi = wasm_i32x4_splat(qmax);
-    v128_t vadd = wasm_i32x4_splat(add);
+    v128_t lo = wasm_i32x4_splat(-127), hi = wasm_i32x4_splat(127);
     for (int j = 0; j < 32; j += 16) {
         v128_t q[4];
         for (int i = 0; i < 4; i++) {
             v128_t r = round_away_f32x4(wasm_f32x4_mul(wasm_v128_load(x + j + 4 * i), vid));
             v128_t qi = wasm_i32x4_relaxed_trunc_f32x4(r); /* |r| is small: no overflow */
-            qi = wasm_i32x4_min(wasm_i32x4_max(qi, lo), hi);
-            q[i] = wasm_i32x4_add(qi, vadd);
+            q[i] = wasm_i32x4_min(wasm_i32x4_max(qi, lo), hi);
         }
         v128_t q01 = wasm_i16x8_narrow_i32x4(q[0], q[1]);
         v128_t q23 = wasm_i16x8_narrow_i32x4(q[2], q[3]);
@@ -44,7 +41,7 @@ void quantize_q8_0(const float *x, block_q8_0 *out, int n) {
         float d = absmax32(xb) / 127.0f;
         float id = d != 0.0f ? 1.0f / d : 0.0f;
         int8_t q[QK8_0];
-        round_block32(xb, id, 127, 0, q);
+        round_block32(xb, id, q);
         out[b].d = f32_to_f16(d);
         wasm_v128_store(out[b].qs, wasm_v128_load(q));
         wasm_v128_store(out[b].qs + 16, wasm_v128_load(q + 16));
@@ -76,22 +73,49 @@ void repack_q8_0(const block_q8_0 *blocks, int8_t *qs, float *d, int16_t *s, int
     }
 }
 
-/* Two-digit activations for 32 floats: v = clamp(roundf(x * id), +-vmax),
- * q0 = roundf(v / 63), q1 = v - 63 q0 (exact in f32; 63 is odd, so v / 63 is
+/* Activations round half to even (not away from zero like Q8_0 weights) by
+ * adding 1.5 * 2^23: for |v| < 2^22 the sum's mantissa holds round(v), so its
+ * bit pattern minus RINT_MAGIC's is round(v) as an i32, with no conversion. */
+#define RINT_MAGIC 12582912.0f /* 1.5 * 2^23 */
+#define RINT_MAGIC_BITS 0x4B400000
+
+/* One-digit activations for 32 floats: u = round(x * id) + 64, kept in [1, 127]
+ * (a NaN or inf input cannot push it out of the relaxed dot's exact range). */
+static void act_block32(const float *x, float id, int8_t *out) {
+    v128_t vid = wasm_f32x4_splat(id), magic = wasm_f32x4_splat(RINT_MAGIC);
+    v128_t bias = wasm_i32x4_splat(RINT_MAGIC_BITS - ACT_OFFSET(1));
+    v128_t lo = wasm_i32x4_splat(1), hi = wasm_i32x4_splat(2 * ACT_OFFSET(1) - 1);
+    for (int j = 0; j < 32; j += 16) {
+        v128_t u[4];
+        for (int i = 0; i < 4; i++) {
+            v128_t t = wasm_f32x4_add(wasm_f32x4_mul(wasm_v128_load(x + j + 4 * i), vid), magic);
+            u[i] = wasm_i32x4_min(wasm_i32x4_max(wasm_i32x4_sub(t, bias), lo), hi);
+        }
+        wasm_v128_store(out + j, wasm_i8x16_narrow_i16x8(wasm_i16x8_narrow_i32x4(u[0], u[1]),
+                                                         wasm_i16x8_narrow_i32x4(u[2], u[3])));
+    }
+}
+
+/* Two-digit activations for 32 floats: v = clamp(round(x * id), +-vmax),
+ * q0 = round(v / 63), q1 = v - 63 q0 (exact in f32; 63 is odd, so v / 63 is
  * never a tie and q0, q1 land in [-31,31]), each + 32. */
-static void split_block32(const float *x, float id, int8_t *hi, int8_t *lo) {
-    v128_t vid = wasm_f32x4_splat(id), inv_radix = wasm_f32x4_splat(1.0f / ACT_RADIX);
-    v128_t radix = wasm_f32x4_splat(ACT_RADIX), off = wasm_i32x4_splat(ACT_OFFSET(2));
-    v128_t vmax = wasm_f32x4_splat(ACT_VMAX(2));
+static void act_block32_2digits(const float *x, float id, int8_t *hi, int8_t *lo) {
+    v128_t vid = wasm_f32x4_splat(id), magic = wasm_f32x4_splat(RINT_MAGIC);
+    v128_t inv_radix = wasm_f32x4_splat(1.0f / ACT_RADIX), radix = wasm_f32x4_splat(ACT_RADIX);
+    v128_t bias = wasm_i32x4_splat(RINT_MAGIC_BITS - ACT_OFFSET(2));
+    v128_t off = wasm_i32x4_splat(ACT_OFFSET(2)), vmax = wasm_f32x4_splat(ACT_VMAX(2));
     for (int j = 0; j < 32; j += 16) {
         v128_t q0[4], q1[4];
         for (int i = 0; i < 4; i++) {
-            v128_t v = round_away_f32x4(wasm_f32x4_mul(wasm_v128_load(x + j + 4 * i), vid));
-            v = wasm_f32x4_pmin(wasm_f32x4_pmax(v, wasm_f32x4_neg(vmax)), vmax);
-            v128_t h = round_away_f32x4(wasm_f32x4_mul(v, inv_radix));
-            v128_t l = wasm_f32x4_sub(v, wasm_f32x4_mul(h, radix));
-            q0[i] = wasm_i32x4_add(wasm_i32x4_relaxed_trunc_f32x4(h), off); /* in +-31 */
-            q1[i] = wasm_i32x4_add(wasm_i32x4_relaxed_trunc_f32x4(l), off);
+            v128_t x4 = wasm_f32x4_mul(wasm_v128_load(x + j + 4 * i), vid);
+            v128_t v = wasm_f32x4_sub(wasm_f32x4_add(x4, magic), magic);
+            /* operands in this order, a NaN (a broken model) comes out as -vmax */
+            v = wasm_f32x4_pmin(vmax, wasm_f32x4_pmax(wasm_f32x4_neg(vmax), v));
+            v128_t t = wasm_f32x4_add(wasm_f32x4_mul(v, inv_radix), magic);
+            v128_t h = wasm_f32x4_sub(t, magic);
+            q0[i] = wasm_i32x4_sub(t, bias); /* in [1, 63] */
+            q1[i] = wasm_i32x4_add(
+                wasm_i32x4_relaxed_trunc_f32x4(wasm_f32x4_sub(v, wasm_f32x4_mul(h, radix))), off);
         }
         wasm_v128_store(hi + j, wasm_i8x16_narrow_i16x8(wasm_i16x8_narrow_i32x4(q0[0], q0[1]),
                                                         wasm_i16x8_narrow_i32x4(q0[2], q0[3])));
@@ -100,7 +124,7 @@ static void split_block32(const float *x, float id, int8_t *hi, int8_t *lo) {
     }
 }
 
-/* Per token, per block of 32: d = amax / vmax, v = clamp(roundf(x / d)) in
+/* Per token, per block of 32: d = amax / vmax, v = clamp(round(x / d)) in
  * `digits` offset digits (see ACT_VMAX in borda.h); a token's digit planes
  * are k bytes each, most significant first. */
 void quantize_act(const float *x, int8_t *u, float *dx, int n_tokens, int k, int digits) {
@@ -112,9 +136,9 @@ void quantize_act(const float *x, int8_t *u, float *dx, int n_tokens, int k, int
             float d = absmax32(xb) / (float)ACT_VMAX(digits);
             float id = d != 0.0f ? 1.0f / d : 0.0f;
             if (digits == 2)
-                split_block32(xb, id, ut + b * QK8_0, ut + k + b * QK8_0);
+                act_block32_2digits(xb, id, ut + b * QK8_0, ut + k + b * QK8_0);
             else
-                round_block32(xb, id, ACT_QMAX, ACT_OFFSET(1), ut + b * QK8_0);
+                act_block32(xb, id, ut + b * QK8_0);
             dx[(size_t)t * nb + b] = d;
         }
     }

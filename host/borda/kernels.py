@@ -84,6 +84,24 @@ class Kernels:
         finally:
             self._release()
 
+    def quantize_act(self, x: np.ndarray, digits: int = 2) -> quant.QuantizedActivations:
+        """x (tokens, K) as the GEMM's activations: per token, blocks of 32, 1 or 2 digits."""
+        if digits not in quant.ACT_VMAX:
+            raise InvalidInput(f"quantize_act: digits must be 1 or 2, got {digits}")
+        x2 = _as_2d(x, "quantize_act")
+        quant._blocks(x2, "quantize_act")
+        n_tokens, k = x2.shape
+        try:
+            xp = self._put(x2)
+            u, xd = self._scratch(digits * x2.size), self._scratch(x2.size // quant.QK * 4)
+            self._run("borda_quantize_act", xp, u, xd, n_tokens, k, digits)
+            return quant.QuantizedActivations(
+                self._get(u, (n_tokens, digits, k), np.int8),
+                self._get(xd, (n_tokens, k // quant.QK)),
+            )
+        finally:
+            self._release()
+
     def dequantize_q8_0(self, q: np.ndarray) -> np.ndarray:
         """float32 values of Q8_0 bytes (..., K/32*34), shape (..., K)."""
         quant._q8_0_fields(q, "dequantize_q8_0")  # validates
@@ -112,7 +130,7 @@ class Kernels:
         """x (tokens, K) float32 times a Q8_0 matrix (rows, K) transposed: (tokens, rows).
 
         Activations are quantized per token in blocks of 32 inside the sandbox, to two
-        base-126 digits (about 14 bits, the default) or one (7 bits, faster).
+        base-63 digits (12 bits, the default) or one (7 bits, faster): see quantize_act.
         """
         if digits not in quant.ACT_VMAX:
             raise InvalidInput(f"matmul_q8_0: digits must be 1 or 2, got {digits}")

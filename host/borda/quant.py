@@ -109,11 +109,12 @@ def quantize_act(x: np.ndarray, digits: int = 2) -> QuantizedActivations:
     d = np.abs(blocks).max(axis=1, keepdims=True) / vmax
     with np.errstate(divide="ignore"):
         inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
-    v = np.clip(_round_half_away(blocks * inv), -vmax, vmax).astype(np.float32)
+    # half to even, unlike Q8_0 weights: the guest rounds with one add (quant.c)
+    v = np.clip(np.rint(blocks * inv), -vmax, vmax).astype(np.float32)
     if digits == 1:
         planes = [v]
-    else:  # v = 63 hi + lo, hi rounded to nearest: both in [-31, 31]
-        hi = _round_half_away(v * np.float32(1 / ACT_RADIX)).astype(np.float32)
+    else:  # v = 63 hi + lo, hi rounded to nearest (never a tie): both in [-31, 31]
+        hi = np.rint(v * np.float32(1 / ACT_RADIX)).astype(np.float32)
         planes = [hi, v - hi * np.float32(ACT_RADIX)]
     offset = ACT_DIGIT_MAX[digits] + 1
     u = np.stack([(p + offset).astype(np.int8).reshape(x.shape) for p in planes], axis=1)
