@@ -115,14 +115,22 @@ def test_q8_0_matmul_integer_dot_products_are_exact(
     # Unit scales and integer activations whose block maximum is exactly vmax (63 for one
     # digit, 1984 for two) quantize without rounding (d = 1), so every output is an integer
     # dot product, exact in f32 (here |y| <= 8 * 128 * (31 * 248 + 1984) < 2**24).
-    rng = rng_for(seed)
+    assert_exact_integer_matmul(
+        rng_for(seed), rows, blocks, tokens, digits, 1 if digits == 1 else 8
+    )
+
+
+def assert_exact_integer_matmul(
+    rng: np.random.Generator, rows: int, blocks: int, tokens: int, digits: int, shrink: int
+) -> None:
+    """Unit scales, int8 weights, integer activations (divided by `shrink`) whose block
+    maximum is vmax: the product must equal the exact integer one."""
     k = blocks * 32
     vmax = quant.ACT_VMAX[digits]
     qs = rng.integers(-127, 128, (rows, k), dtype=np.int8)
     qs[0, :2] = -128  # GGUF allows it; the kernels must too
     w = q8_0_bytes(np.ones((rows, blocks)), qs)
-    x = rng.integers(-vmax, vmax + 1, (tokens, k)) // (1 if digits == 1 else 8)
-    x = x.astype(np.float32)
+    x = (rng.integers(-vmax, vmax + 1, (tokens, k)) // shrink).astype(np.float32)
     x[:, ::32] = vmax
     expected = x.astype(np.int64) @ qs.astype(np.int64).T
     got = kernels().matmul_q8_0(x, w, digits=digits)
@@ -136,18 +144,7 @@ def test_q8_0_matmul_is_exact_across_k_chunks_and_row_groups(digits: int) -> Non
     # boundaries and leave ragged tails, 7 tokens a partial token tile. Exact as above:
     # |y| <= 1056 * 127 * 62 + 33 * 127 * 1984 < 2**24 with two digits (activations in
     # [-62, 62] off the block maxima).
-    rng = rng_for(7)
-    rows, blocks, tokens = 205, 33, 7
-    k = blocks * 32
-    vmax = quant.ACT_VMAX[digits]
-    qs = rng.integers(-127, 128, (rows, k), dtype=np.int8)
-    w = q8_0_bytes(np.ones((rows, blocks)), qs)
-    x = rng.integers(-vmax, vmax + 1, (tokens, k)) // (1 if digits == 1 else 32)
-    x = x.astype(np.float32)
-    x[:, ::32] = vmax
-    expected = x.astype(np.int64) @ qs.astype(np.int64).T
-    got = kernels().matmul_q8_0(x, w, digits=digits)
-    np.testing.assert_array_equal(got, expected.astype(np.float32))
+    assert_exact_integer_matmul(rng_for(7), 205, 33, 7, digits, 1 if digits == 1 else 32)
 
 
 @SETTINGS
