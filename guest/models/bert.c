@@ -430,12 +430,8 @@ static int init(const borda_request *rq, uint64_t *scratch_bytes) {
     if (mp_map_find(&rq->args, "config", &v) != 1) return fail("missing arg 'config'");
     if (!read_config(&v)) return 0;
 
-    int64_t end = -1;
-    if (!borda_arg_int(rq, "weights_end", &end, err)) return 0;
-    if (end < 0) return fail("missing arg 'weights_end'");
-    if ((uint64_t)end > model_memory_bytes())
-        return fail("arg 'weights_end' (%lld) is beyond the memory size (%llu)", (long long)end,
-                    (unsigned long long)model_memory_bytes());
+    int64_t end;
+    if (!model_weights_end(rq, &end, err)) return 0;
 
     /* From here on everything lives in the arena above the weights. */
     arena_start_above((uintptr_t)end);

@@ -25,6 +25,16 @@ uint64_t model_align64(uint64_t n) { return (n + 63) & ~(uint64_t)63; }
 
 uint64_t model_memory_bytes(void) { return (uint64_t)__builtin_wasm_memory_size(0) * 65536u; }
 
+int model_weights_end(const borda_request *rq, int64_t *end, char *err) {
+    *end = -1;
+    if (!borda_arg_int(rq, "weights_end", end, err)) return 0;
+    if (*end < 0) return borda_failf(err, "missing arg 'weights_end'");
+    if ((uint64_t)*end > model_memory_bytes())
+        return borda_failf(err, "arg 'weights_end' (%lld) is beyond the memory size (%llu)",
+                           (long long)*end, (unsigned long long)model_memory_bytes());
+    return 1;
+}
+
 int model_in_heap(uint32_t p, uint64_t n) {
     return n <= UINT32_MAX && borda_in_heap(p, (uint32_t)n);
 }
