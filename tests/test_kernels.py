@@ -337,6 +337,32 @@ def test_attention_matches_torch_sdpa(
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("tokens", "past", "kv_heads", "group", "dim", "causal"),
+    [
+        (300, 0, 1, 3, 64, True),  # prefill: 4-query tiles across two 256-position blocks
+        (40, 242, 1, 1, 32, True),  # 4-query tiles whose first queries see none of a block
+        (130, 0, 2, 1, 32, False),  # encoder: a 2-position tail past the 16-row V chunks
+        (37, 0, 1, 2, 80, True),  # generic head_dim
+    ],
+)
+def test_attention_of_many_queries_matches_torch_sdpa(
+    tokens: int, past: int, kv_heads: int, group: int, dim: int, causal: bool
+) -> None:
+    rng = rng_for(tokens)
+    kv_len = tokens + past
+    q = rng.standard_normal((tokens, kv_heads * group, dim)).astype(np.float32)
+    k, v = (rng.standard_normal((kv_len, kv_heads, dim)).astype(np.float32) for _ in range(2))
+    allowed = np.arange(kv_len)[None, :] <= (past + np.arange(tokens))[:, None]
+    expected = F.scaled_dot_product_attention(
+        *(torch.tensor(a).transpose(0, 1)[None] for a in (q, k, v)),
+        attn_mask=torch.tensor(allowed) if causal else None,
+        enable_gqa=True,
+    )[0].transpose(0, 1)
+    got = kernels().attention(q, k, v, causal=causal)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_embedding_rows_match_gguf_dequantization() -> None:
     rng = rng_for(3)
     table = gguf.quants.quantize(

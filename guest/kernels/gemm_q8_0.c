@@ -67,13 +67,6 @@
  * a 2-iteration loop and ~50 when they are a single basic block. */
 static const volatile int32_t split_basic_block = 1;
 
-/* Hides where pointer p comes from (an empty asm statement). After it, loads
- * at p + constant keep the constant in the load's offset immediate, which
- * Cranelift folds into the x86 addressing mode; otherwise LLVM's loop strength
- * reduction rewrites them as base + induction variable + constant, an i32 add
- * (one lea) per load. */
-#define OPAQUE(p) __asm__("" : "+r"(p))
-
 /* Stores v to a never-read sink: the store is a side effect, so Cranelift
  * computes v right there, before the loads that follow it in the source, and
  * does not move those loads above it. */

@@ -6,6 +6,13 @@
 #include <stdint.h>
 #include <wasm_simd128.h>
 
+/* Hides where pointer p comes from (an empty asm statement). After it, loads
+ * at p + constant keep the constant in the load's offset immediate, which
+ * Cranelift folds into the x86 addressing mode; otherwise LLVM's loop strength
+ * reduction rewrites them as base + induction variable + constant, an i32 add
+ * (one lea) per load. */
+#define OPAQUE(p) __asm__("" : "+r"(p))
+
 /* Sum of the 4 lanes. */
 static inline float hsum_f32x4(v128_t v) {
     v128_t t = wasm_f32x4_add(v, wasm_i32x4_shuffle(v, v, 2, 3, 0, 1));
