@@ -177,28 +177,38 @@ static void broadcast_quad(const attn_query *qs, v128_t *qb, int hd) {
         }
 }
 
-/* s_i[0..8) = scale * q_i . k_j for 4 queries (broadcast in qb) and the 8
- * positions whose transposed K columns start at kt: per dim, 2 K loads and 4
- * query loads feed 8 FMAs on 8 independent sums (FMA latency x 8 hides behind
- * the 2 FMA ports), with no horizontal sums. One dim (6 loads) per basic
- * block: the loads of a block and the 8 sums are all live at once. Score row
- * i is s + i * ATTN_BLK. */
+/* The 4-query register tile of passes 1 and 3: for e < n,
+ *   a[i][h] += b(i, e) * y(e)[4h .. 4h+4)     (i < 4, h < 2)
+ * with b(i, e) the broadcast vector at b + 4 * (e * b_step + i * b_row) and
+ * y(e) the 8 floats at y + e * y_step. Per step, 2 y loads and 4 b loads feed
+ * 8 FMAs on 8 independent sums (enough for the FMA latency, 4 cycles x 2
+ * ports), one step per basic block. */
+static inline __attribute__((always_inline)) void madd_4x8(v128_t a[4][2], const float *b,
+                                                           const int b_step, const int b_row,
+                                                           const float *y, const int y_step,
+                                                           const int n) {
+#pragma clang loop unroll(full)
+    for (int e = 0; e < n; e++) {
+        if (e > 0 && !split_basic_block) break;
+        v128_t y0 = wasm_v128_load(y + e * y_step), y1 = wasm_v128_load(y + e * y_step + 4);
+#pragma clang loop unroll(full)
+        for (int i = 0; i < 4; i++) {
+            v128_t bi = wasm_v128_load(b + 4 * (e * b_step + i * b_row));
+            a[i][0] = MADD(bi, y0, a[i][0]);
+            a[i][1] = MADD(bi, y1, a[i][1]);
+        }
+    }
+}
+
+/* s_i[0..8) = scale * q_i . k_j for 4 queries (qb[4d + i] = q_i[d] broadcast)
+ * and the 8 positions whose transposed K columns start at kt, with no
+ * horizontal sums. Score row i is s + i * ATTN_BLK. */
 static inline __attribute__((always_inline)) void score_4x8(const v128_t *qb, const float *kt,
                                                             float *s, const int hd,
                                                             v128_t vscale) {
     v128_t a[4][2];
     for (int i = 0; i < 4; i++) a[i][0] = a[i][1] = wasm_f32x4_splat(0.0f);
-#pragma clang loop unroll(full)
-    for (int d = 0; d < hd; d++) {
-        if (d > 0 && !split_basic_block) break;
-        v128_t k0 = wasm_v128_load(kt + d * ATTN_BLK), k1 = wasm_v128_load(kt + d * ATTN_BLK + 4);
-#pragma clang loop unroll(full)
-        for (int i = 0; i < 4; i++) {
-            v128_t q = qb[4 * d + i];
-            a[i][0] = MADD(q, k0, a[i][0]);
-            a[i][1] = MADD(q, k1, a[i][1]);
-        }
-    }
+    madd_4x8(a, (const float *)qb, 4, 1, kt, ATTN_BLK, hd);
     for (int i = 0; i < 4; i++) {
         wasm_v128_store(s + i * ATTN_BLK, wasm_f32x4_mul(a[i][0], vscale));
         wasm_v128_store(s + i * ATTN_BLK + 4, wasm_f32x4_mul(a[i][1], vscale));
@@ -354,9 +364,7 @@ static inline __attribute__((always_inline)) void acc_4x16(float *acc, const flo
 }
 
 /* acc_i[0..8) += sum_r p_ir * v_r[0..8) over 16 V rows for 4 queries (acc
- * row i at acc + i * hd, p_ir broadcast at p + 4 * (i * ATTN_BLK + r)): per
- * row, 2 V loads and 4 probability loads feed 8 FMAs on 8 independent sums;
- * one row (6 loads) per basic block. */
+ * row i at acc + i * hd, p_ir broadcast at p + 4 * (i * ATTN_BLK + r)). */
 static inline __attribute__((always_inline)) void acc_4x8(float *acc, const float *p,
                                                           const float *v, const int hd) {
     v128_t a[4][2];
@@ -364,17 +372,7 @@ static inline __attribute__((always_inline)) void acc_4x8(float *acc, const floa
         a[i][0] = wasm_v128_load(acc + i * hd);
         a[i][1] = wasm_v128_load(acc + i * hd + 4);
     }
-#pragma clang loop unroll(full)
-    for (int r = 0; r < ATTN_VCHUNK; r++) {
-        if (r > 0 && !split_basic_block) break;
-        v128_t v0 = wasm_v128_load(v + r * hd), v1 = wasm_v128_load(v + r * hd + 4);
-#pragma clang loop unroll(full)
-        for (int i = 0; i < 4; i++) {
-            v128_t pr = wasm_v128_load(p + 4 * (i * ATTN_BLK + r));
-            a[i][0] = MADD(pr, v0, a[i][0]);
-            a[i][1] = MADD(pr, v1, a[i][1]);
-        }
-    }
+    madd_4x8(a, p, 1, ATTN_BLK, v, hd, ATTN_VCHUNK);
     for (int i = 0; i < 4; i++) {
         wasm_v128_store(acc + i * hd, a[i][0]);
         wasm_v128_store(acc + i * hd + 4, a[i][1]);
