@@ -26,14 +26,19 @@ from borda.kernels import Kernels, ResidentQ8
 from borda.quant import QK
 
 
-def best_of(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm up: page in, JIT caches
-    times = []
+def best_of(*fns: Callable[[], object], repeat: int) -> list[float]:
+    """The best time of each fn over `repeat` rounds, the fns taking turns within a round:
+    a drift of the machine (memory clocks, neighbours) then hits them all alike, which
+    matters most for the memory-bound GEMV."""
+    for fn in fns:
+        fn()  # warm up: page in, JIT caches
+    best = [float("inf")] * len(fns)
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
 
 
 def random_q8_0(rng: np.random.Generator, rows: int, k: int) -> np.ndarray:
@@ -92,13 +97,16 @@ def main() -> None:
     gemv_plain = KernelCall(no_epoch, no_epoch.upload_q8_0(w_q8), 1, rng)
     del w_q8
     planar_bytes = rows * k + rows * (k // QK) * (4 + 2)
-    t_relaxed = best_of(gemv.gemm, args.repeat)
-    t_two = best_of(partial(gemv.gemm, 2), args.repeat)
-    t_i16 = best_of(gemv.gemv_i16, args.repeat)
-    t_no_epoch = best_of(gemv_plain.gemm, args.repeat)
     w_f32 = rng.standard_normal((rows, k), dtype=np.float32)
     x_f32 = rng.standard_normal(k, dtype=np.float32)
-    t_numpy = best_of(lambda: w_f32 @ x_f32, args.repeat)
+    t_relaxed, t_two, t_i16, t_no_epoch, t_numpy = best_of(
+        gemv.gemm,
+        partial(gemv.gemm, 2),
+        gemv.gemv_i16,
+        gemv_plain.gemm,
+        lambda: w_f32 @ x_f32,
+        repeat=args.repeat,
+    )
     del w_f32
     mb = planar_bytes / 1e6
     print(f"GEMV Q8_0 {rows}x{k}, 1 thread, {mb:.0f} MB of weights read per call")
@@ -126,11 +134,11 @@ def main() -> None:
     n, tokens = args.gemm, args.tokens
     kernels = Kernels(limits)
     gemm = KernelCall(kernels, kernels.upload_q8_0(random_q8_0(rng, n, n)), tokens, rng)
-    t_gemm = best_of(gemm.gemm, args.repeat)
-    t_gemm2 = best_of(partial(gemm.gemm, 2), args.repeat)
     w_f32 = rng.standard_normal((n, n), dtype=np.float32)
     x_f32 = rng.standard_normal((tokens, n), dtype=np.float32)
-    t_numpy = best_of(lambda: x_f32 @ w_f32.T, args.repeat)
+    t_gemm, t_gemm2, t_numpy = best_of(
+        gemm.gemm, partial(gemm.gemm, 2), lambda: x_f32 @ w_f32.T, repeat=args.repeat
+    )
     ops = 2 * n * n * tokens
     print(f"GEMM Q8_0 {n}x{n} x {tokens} tokens, 1 thread")
     print(f"  borda relaxed-dot  {t_gemm * 1e3:7.2f} ms  {ops / t_gemm / 1e9:6.1f} GOP/s")
