@@ -23,8 +23,8 @@
  *      their accumulators.
  * So a K/V row comes from memory once per tile. The 4-query kernels keep 8
  * independent sums, twice the FMA latency x ports; measured on MiniLM's
- * attention (12 heads x 128 tokens x 32 dims) 10.6 -> 12.2 GMAC/s, on
- * SmolLM2-135M's 512-token prefill 12.9 -> 15.1.
+ * attention (12 heads x 128 tokens x 32 dims) 10.6 -> 12.6 GMAC/s, on
+ * SmolLM2-135M's 512-token prefill 12.9 -> 15.2.
  *
  * Code shape (Wasmtime/Cranelift on x86-64; see gemm_q8_0.c): the inner
  * kernels are straight-line code for head_dim 32, 64 and 128 (a generic version
@@ -53,6 +53,9 @@
 #define ATTN_MAX_Q 32
 #define ATTN_BLK 256 /* positions per block: scores 32 KB, broadcast probabilities 128 KB */
 #define ATTN_VCHUNK 16 /* V rows per accumulation kernel call */
+/* floats per row of K^T: one cache line more than 1 KB, whose stride would put all of a
+ * 4-column group's rows in 4 of L1's 64 sets (8 ways), evicting each other. */
+#define ATTN_KT_STRIDE (ATTN_BLK + 16)
 #define ATTN_QUAD_DIMS 128 /* head_dim up to which queries go 4 at a time (K^T <= 128 KB) */
 
 /* a * b + c, fused where the engine has FMA. Cranelift's x86 FMA overwrites
@@ -142,8 +145,8 @@ static inline float dot_1row(const float *q, const float *k, int hd) {
     return hsum_f32x4(a);
 }
 
-/* Kt[d][j] = k_j[d] for the block's rows k_0..k_(nj-1), in rows of ATTN_BLK
- * floats, zero from nj up to a multiple of 8 (score_4x8's step). */
+/* Kt[d][j] = k_j[d] for the block's rows k_0..k_(nj-1), in rows of
+ * ATTN_KT_STRIDE floats, zero from nj up to a multiple of 8 (score_4x8's step). */
 static inline __attribute__((always_inline)) void transpose_k(const float *k, int nj, float *kt,
                                                               const int hd) {
     v128_t zero = wasm_f32x4_splat(0.0f);
@@ -156,11 +159,11 @@ static inline __attribute__((always_inline)) void transpose_k(const float *k, in
             v128_t t1 = wasm_i32x4_shuffle(x[2], x[3], 0, 4, 1, 5);
             v128_t t2 = wasm_i32x4_shuffle(x[0], x[1], 2, 6, 3, 7);
             v128_t t3 = wasm_i32x4_shuffle(x[2], x[3], 2, 6, 3, 7);
-            float *o = kt + (size_t)d * ATTN_BLK + j;
+            float *o = kt + (size_t)d * ATTN_KT_STRIDE + j;
             wasm_v128_store(o, wasm_i64x2_shuffle(t0, t1, 0, 2));
-            wasm_v128_store(o + ATTN_BLK, wasm_i64x2_shuffle(t0, t1, 1, 3));
-            wasm_v128_store(o + 2 * ATTN_BLK, wasm_i64x2_shuffle(t2, t3, 0, 2));
-            wasm_v128_store(o + 3 * ATTN_BLK, wasm_i64x2_shuffle(t2, t3, 1, 3));
+            wasm_v128_store(o + ATTN_KT_STRIDE, wasm_i64x2_shuffle(t0, t1, 1, 3));
+            wasm_v128_store(o + 2 * ATTN_KT_STRIDE, wasm_i64x2_shuffle(t2, t3, 0, 2));
+            wasm_v128_store(o + 3 * ATTN_KT_STRIDE, wasm_i64x2_shuffle(t2, t3, 1, 3));
         }
     }
 }
@@ -208,7 +211,7 @@ static inline __attribute__((always_inline)) void score_4x8(const v128_t *qb, co
                                                             v128_t vscale) {
     v128_t a[4][2];
     for (int i = 0; i < 4; i++) a[i][0] = a[i][1] = wasm_f32x4_splat(0.0f);
-    madd_4x8(a, (const float *)qb, 4, 1, kt, ATTN_BLK, hd);
+    madd_4x8(a, (const float *)qb, 4, 1, kt, ATTN_KT_STRIDE, hd);
     for (int i = 0; i < 4; i++) {
         wasm_v128_store(s + i * ATTN_BLK, wasm_f32x4_mul(a[i][0], vscale));
         wasm_v128_store(s + i * ATTN_BLK + 4, wasm_f32x4_mul(a[i][1], vscale));
@@ -434,7 +437,7 @@ static inline __attribute__((always_inline)) void attend_tile(attn_query *qs, in
                                                               const float *k, const float *v,
                                                               float scale, float *acc,
                                                               const int hd) {
-    float S[ATTN_MAX_Q * ATTN_BLK], P[ATTN_MAX_Q * ATTN_BLK * 4], Kt[ATTN_QUAD_DIMS * ATTN_BLK];
+    float S[ATTN_MAX_Q * ATTN_BLK], P[ATTN_MAX_Q * ATTN_BLK * 4], Kt[ATTN_QUAD_DIMS * ATTN_KT_STRIDE];
     v128_t QB[ATTN_MAX_Q * ATTN_QUAD_DIMS];
     int nquad = hd % 8 == 0 && hd <= ATTN_QUAD_DIMS ? nq / 4 * 4 : 0; /* queries in 4s */
     for (int i = 0; i < nquad; i += 4) broadcast_quad(qs + i, QB + (size_t)i * hd, hd);
