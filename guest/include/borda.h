@@ -77,6 +77,9 @@ void gemm_q8_0(const q8_matrix *w, const int8_t *xu, const float *xd, float *y, 
 void gemv_q8_0_i16(const q8_matrix *w, const int8_t *xu, const float *xd, float *y); /* 1 digit */
 void gemm_f32(const float *x, const float *w, const float *bias, float *y, int n_tokens, int rows,
               int k);
+/* One row group's weight panels, packed by gemm_q8_0 or gemm_f32 (never both at once). */
+#define GEMM_PANELS_BYTES (256 << 10)
+extern uint8_t gemm_panels[GEMM_PANELS_BYTES];
 
 void rmsnorm(const float *x, const float *w, float *y, int n_tokens, int dim, float eps);
 void layernorm(const float *x, const float *w, const float *b, float *y, int n_tokens, int dim,

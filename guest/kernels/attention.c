@@ -70,11 +70,6 @@ typedef struct {
     float m, l;     /* running max and running sum of exp(score - m) */
 } attn_query;
 
-/* Always 1; a never-taken branch on it ends a basic block without a loop
- * back-edge (see gemm_q8_0.c): Cranelift emits a block's loads before its
- * arithmetic, so every value loaded in a block is live at once. */
-static const volatile int32_t split_basic_block = 1;
-
 /* The kernels below fully unroll their head_dim loops, which only works for a
  * constant head_dim: the generic instance (attend_tile_any) keeps the loops. */
 #pragma clang diagnostic ignored "-Wpass-failed"
@@ -155,15 +150,9 @@ static inline __attribute__((always_inline)) void transpose_k(const float *k, in
             v128_t x[4];
             for (int i = 0; i < 4; i++)
                 x[i] = j + i < nj ? wasm_v128_load(k + (size_t)(j + i) * hd + d) : zero;
-            v128_t t0 = wasm_i32x4_shuffle(x[0], x[1], 0, 4, 1, 5);
-            v128_t t1 = wasm_i32x4_shuffle(x[2], x[3], 0, 4, 1, 5);
-            v128_t t2 = wasm_i32x4_shuffle(x[0], x[1], 2, 6, 3, 7);
-            v128_t t3 = wasm_i32x4_shuffle(x[2], x[3], 2, 6, 3, 7);
+            transpose4(x);
             float *o = kt + (size_t)d * ATTN_KT_STRIDE + j;
-            wasm_v128_store(o, wasm_i64x2_shuffle(t0, t1, 0, 2));
-            wasm_v128_store(o + ATTN_KT_STRIDE, wasm_i64x2_shuffle(t0, t1, 1, 3));
-            wasm_v128_store(o + 2 * ATTN_KT_STRIDE, wasm_i64x2_shuffle(t2, t3, 0, 2));
-            wasm_v128_store(o + 3 * ATTN_KT_STRIDE, wasm_i64x2_shuffle(t2, t3, 1, 3));
+            for (int i = 0; i < 4; i++) wasm_v128_store(o + i * ATTN_KT_STRIDE, x[i]);
         }
     }
 }
@@ -173,10 +162,7 @@ static void broadcast_quad(const attn_query *qs, v128_t *qb, int hd) {
     for (int i = 0; i < 4; i++)
         for (int d = 0; d < hd; d += 4) {
             v128_t x = wasm_v128_load(qs[i].q + d);
-            qb[4 * d + i] = wasm_i32x4_shuffle(x, x, 0, 0, 0, 0);
-            qb[4 * d + 4 + i] = wasm_i32x4_shuffle(x, x, 1, 1, 1, 1);
-            qb[4 * d + 8 + i] = wasm_i32x4_shuffle(x, x, 2, 2, 2, 2);
-            qb[4 * d + 12 + i] = wasm_i32x4_shuffle(x, x, 3, 3, 3, 3);
+            for (int e = 0; e < 4; e++) qb[4 * (d + e) + i] = splat_lane(x, e);
         }
 }
 

@@ -60,12 +60,12 @@
 
 #include "simd_math.h"
 
-/* Always 1. A branch on it splits a loop body into two basic blocks (see the
- * notes above); being volatile, neither clang nor Cranelift can fold it. The
- * branch costs a load and a predictable jump. Measured on the GEMM tile:
- * ~71 GOP/s, against 65 (60 with epoch checks) when the two block halves are
- * a 2-iteration loop and ~50 when they are a single basic block. */
-static const volatile int32_t split_basic_block = 1;
+/* The panel buffer shared with gemm_f32.c: 256 KB, well inside L2. */
+_Alignas(16) uint8_t gemm_panels[GEMM_PANELS_BYTES];
+
+/* split_basic_block (simd_math.h), measured on the former 4x4 GEMM tile: ~71
+ * GOP/s, against 65 (60 with epoch checks) when the two block halves are a
+ * 2-iteration loop and ~50 when they are a single basic block. */
 
 /* Stores v to a never-read sink: the store is a side effect, so Cranelift
  * computes v right there, before the loads that follow it in the source, and
@@ -73,22 +73,8 @@ static const volatile int32_t split_basic_block = 1;
 static volatile v128_t keep_sink;
 #define KEEP(v) (keep_sink = (v))
 
-/* Fully unrolls the next loop, whose arrays must live in registers; LLVM
- * gives up on its own once a body is large (the two-digit one). */
-#define UNROLLED _Pragma("clang loop unroll(full)")
-
 static inline v128_t rdot(v128_t w, v128_t u, v128_t acc) {
     return wasm_i32x4_relaxed_dot_i8x16_i7x16_add(w, u, acc);
-}
-
-/* Broadcast i32 lane j (a constant after inlining) to all lanes. */
-static inline __attribute__((always_inline)) v128_t splat_lane(v128_t v, int j) {
-    switch (j) {
-    case 0: return wasm_i32x4_shuffle(v, v, 0, 0, 0, 0);
-    case 1: return wasm_i32x4_shuffle(v, v, 1, 1, 1, 1);
-    case 2: return wasm_i32x4_shuffle(v, v, 2, 2, 2, 2);
-    default: return wasm_i32x4_shuffle(v, v, 3, 3, 3, 3);
-    }
 }
 
 /* ---------------------------------------------------------------------------
@@ -315,7 +301,6 @@ void gemv_q8_0_i16(const q8_matrix *w, const int8_t *xu, const float *xd, float 
 #define GEMM_NT 4                   /* tokens per tile */
 #define GEMM_KC 1024                /* K chunk (512: 64-token GEMMs ~8 % slower) */
 #define GEMM_KCB (GEMM_KC / QK8_0)
-#define GEMM_PANELS_BYTES (256 << 10) /* a row group's panels: well inside L2 */
 
 /* One block (32 k) of a panel. */
 typedef struct {
@@ -327,7 +312,8 @@ typedef struct {
 } q8_panel_block;
 
 /* The packed panels of a row group: panel i, block b at panels[i * nb + b]. */
-static q8_panel_block panels[GEMM_PANELS_BYTES / sizeof(q8_panel_block)];
+#define panels ((q8_panel_block *)gemm_panels)
+#define PANEL_BLOCKS (GEMM_PANELS_BYTES / sizeof(q8_panel_block))
 
 /* A token tile's activations for one K chunk: x[b][g][digit][t] is token t's 4 bytes of
  * digit plane `digit` at k-group g (k = 32b + 4g) in all 4 lanes, dx[b][t] its scale in
@@ -351,16 +337,10 @@ static void pack_panel(const q8_matrix *w, int r, int nr, size_t b0, int nb, int
             v128_t x1 = nr > 1 ? wasm_v128_load(rows[1] + o) : zero;
             v128_t x2 = nr > 2 ? wasm_v128_load(rows[2] + o) : zero;
             v128_t x3 = nr > 3 ? wasm_v128_load(rows[3] + o) : zero;
-            /* 4x4 transpose of 32-bit lanes */
-            v128_t t0 = wasm_i32x4_shuffle(x0, x1, 0, 4, 1, 5);
-            v128_t t1 = wasm_i32x4_shuffle(x2, x3, 0, 4, 1, 5);
-            v128_t t2 = wasm_i32x4_shuffle(x0, x1, 2, 6, 3, 7);
-            v128_t t3 = wasm_i32x4_shuffle(x2, x3, 2, 6, 3, 7);
+            v128_t t[4] = {x0, x1, x2, x3};
+            transpose4(t);
             v128_t *q = p[b].qs + h / 4;
-            q[0] = wasm_i64x2_shuffle(t0, t1, 0, 2);
-            q[1] = wasm_i64x2_shuffle(t0, t1, 1, 3);
-            q[2] = wasm_i64x2_shuffle(t2, t3, 0, 2);
-            q[3] = wasm_i64x2_shuffle(t2, t3, 1, 3);
+            for (int i = 0; i < 4; i++) q[i] = t[i];
         }
         float d[4] = {0, 0, 0, 0};
         int32_t s[4] = {0, 0, 0, 0};
@@ -510,7 +490,7 @@ static void gemm_q8_0_tiled(const q8_matrix *w, const int8_t *xu, const float *x
     for (size_t b0 = 0; b0 < kb; b0 += GEMM_KCB) {
         int nb = kb - b0 < GEMM_KCB ? (int)(kb - b0) : GEMM_KCB;
         int accumulate = b0 > 0;
-        int group = (int)(sizeof panels / sizeof panels[0]) / nb / 2 * 2 * GEMM_ROWS;
+        int group = (int)PANEL_BLOCKS / nb / 2 * 2 * GEMM_ROWS;
         for (int r0 = 0; r0 < w->rows; r0 += group) {
             int nrg = w->rows - r0 < group ? w->rows - r0 : group;
             for (int r = 0; r < nrg; r += GEMM_ROWS) {

@@ -13,6 +13,40 @@
  * (one lea) per load. */
 #define OPAQUE(p) __asm__("" : "+r"(p))
 
+/* Always 1. A never-taken branch on it ends a basic block without adding a loop
+ * back-edge (which carries an epoch check, across which Cranelift spills every
+ * live v128); being volatile, neither clang nor Cranelift can fold it. It costs
+ * a load and a predictable jump. Cranelift emits a block's loads before its
+ * arithmetic, so every v128 loaded in a block is live at once: the hot loops
+ * are cut into blocks of at most ~12 loads this way (see gemm_q8_0.c). */
+static const volatile int32_t split_basic_block = 1;
+
+/* Fully unrolls the next loop, whose arrays must live in registers; LLVM gives
+ * up on its own once a body is large. */
+#define UNROLLED _Pragma("clang loop unroll(full)")
+
+/* Broadcast i32 lane j (a constant after inlining) to all lanes. */
+static inline __attribute__((always_inline)) v128_t splat_lane(v128_t v, int j) {
+    switch (j) {
+    case 0: return wasm_i32x4_shuffle(v, v, 0, 0, 0, 0);
+    case 1: return wasm_i32x4_shuffle(v, v, 1, 1, 1, 1);
+    case 2: return wasm_i32x4_shuffle(v, v, 2, 2, 2, 2);
+    default: return wasm_i32x4_shuffle(v, v, 3, 3, 3, 3);
+    }
+}
+
+/* The 4x4 transpose of 32-bit lanes: rows x[0..3] -> columns x[0..3]. */
+static inline __attribute__((always_inline)) void transpose4(v128_t x[4]) {
+    v128_t t0 = wasm_i32x4_shuffle(x[0], x[1], 0, 4, 1, 5);
+    v128_t t1 = wasm_i32x4_shuffle(x[2], x[3], 0, 4, 1, 5);
+    v128_t t2 = wasm_i32x4_shuffle(x[0], x[1], 2, 6, 3, 7);
+    v128_t t3 = wasm_i32x4_shuffle(x[2], x[3], 2, 6, 3, 7);
+    x[0] = wasm_i64x2_shuffle(t0, t1, 0, 2);
+    x[1] = wasm_i64x2_shuffle(t0, t1, 1, 3);
+    x[2] = wasm_i64x2_shuffle(t2, t3, 0, 2);
+    x[3] = wasm_i64x2_shuffle(t2, t3, 1, 3);
+}
+
 /* Sum of the 4 lanes. */
 static inline float hsum_f32x4(v128_t v) {
     v128_t t = wasm_f32x4_add(v, wasm_i32x4_shuffle(v, v, 2, 3, 0, 1));
