@@ -216,6 +216,20 @@ def test_f32_matmul_matches_torch(seed: int, tokens: int, rows: int, k: int, bia
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-4 * np.sqrt(k))
 
 
+def test_f32_matmul_across_k_chunks_and_row_groups() -> None:
+    """Past the tiled kernel's 256-wide K chunks (3, the last partial and not a multiple
+    of 4) and its 256-row groups, with a bias and a token tile of 1."""
+    rng = rng_for(11)
+    x, w, b = (
+        rng.standard_normal((9, 601)),
+        rng.standard_normal((300, 601)),
+        rng.standard_normal(300),
+    )
+    expected = F.linear(torch.tensor(x), torch.tensor(w), torch.tensor(b)).numpy()
+    got = kernels().matmul_f32(x, w, b)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.sqrt(601))
+
+
 @SETTINGS
 @given(seed=SEEDS, tokens=st.integers(1, 7), dim=st.integers(1, 300))
 def test_rmsnorm_matches_transformers(seed: int, tokens: int, dim: int) -> None:

@@ -380,12 +380,16 @@ static inline __attribute__((always_inline)) void accumulate_block(const attn_qu
     for (int i = 0; i < nquad; i += 4) {
         int lim = quad_positions(qs + i, j0, nj);
         for (int c = 0; c < lim && c < chunks_end; c += ATTN_VCHUNK) {
-            const float *vc = v + (size_t)(j0 + c) * hd, *p = P + (i * ATTN_BLK + c) * 4;
-            float *a = acc + i * hd;
-            OPAQUE(vc);
+            const float *p = P + (i * ATTN_BLK + c) * 4;
             OPAQUE(p);
-#pragma clang loop unroll(full)
-            for (int d = 0; d < hd; d += 8) acc_4x8(a + d, p, vc + d, hd);
+#pragma clang loop unroll(disable) /* a loop of 8-dim slices: the unrolled code gets big */
+            for (int d = 0; d < hd; d += 8) {
+                float *a = acc + i * hd + d;
+                const float *vc = v + (size_t)(j0 + c) * hd + d;
+                OPAQUE(a);
+                OPAQUE(vc);
+                acc_4x8(a, p, vc, hd);
+            }
         }
     }
     int c = 0;
