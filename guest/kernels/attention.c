@@ -296,8 +296,7 @@ static void softmax_block(attn_query *qr, const float *s, int n16, float *P, flo
         EXP_STEP(12);
     }
     float sum = hsum_f32x4(vs);
-    if (qr->m != m_new) {
-        /* exp(-inf) = 0 on the first block, where acc and l are 0 anyway */
+    if (qr->m != m_new && qr->l > 0.0f) { /* (on the first block acc and l are 0) */
         float corr = borda_expf(qr->m - m_new);
         v128_t vc = wasm_f32x4_splat(corr);
         for (int d = 0; d < hd; d += 4)
