@@ -3,7 +3,9 @@
     python benchmarks/bench_embed.py
 
 Borda Q8_0 and f32 beside transformers/torch fp32 (1 thread) and, when installed,
-onnxruntime (1 thread), on the same token ids; printed as sentences/s and ratios.
+onnxruntime (1 thread), on the same token ids; printed as sentences/s and ratios. The
+runners take turns for REPEAT rounds and each reports its best, so that a drift of the
+machine hits all alike.
 """
 
 from __future__ import annotations
@@ -28,14 +30,17 @@ from borda.pack import pack
 BATCH, TOKENS, REPEAT = 16, 128, 5
 
 
-def best_of(fn: Callable[[], object]) -> float:
-    fn()
-    times = []
+def best_of(runners: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """The best time of each runner, the runners taking turns within each round."""
+    for run in runners.values():
+        run()  # warm up
+    best = dict.fromkeys(runners, float("inf"))
     for _ in range(REPEAT):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def batch_ids(vocab: int) -> list[list[int]]:
@@ -44,12 +49,12 @@ def batch_ids(vocab: int) -> list[list[int]]:
     return [[101, *rng.integers(1000, vocab, TOKENS - 2).tolist(), 102] for _ in range(BATCH)]
 
 
-def bench_borda(path: Path, ids: list[list[int]]) -> float:
+def borda_runner(path: Path, ids: list[list[int]]) -> Callable[[], object]:
     session = borda.load(path).session(timeout=None)
-    return BATCH / best_of(lambda: session._encode(ids))
+    return lambda: session._encode(ids)
 
 
-def bench_torch(ids: list[list[int]]) -> float:
+def torch_runner(ids: list[list[int]]) -> Callable[[], object]:
     import torch
     from transformers import AutoModel
 
@@ -61,7 +66,7 @@ def bench_torch(ids: list[list[int]]) -> float:
         with torch.no_grad():
             model(input_ids=tensor, attention_mask=torch.ones_like(tensor))
 
-    return BATCH / best_of(run)
+    return run
 
 
 def last_hidden_state_module(model: Any) -> Any:
@@ -80,7 +85,7 @@ def last_hidden_state_module(model: Any) -> Any:
     return Wrapper().eval()
 
 
-def bench_onnxruntime(ids: list[list[int]], tmp: Path) -> float | None:
+def onnxruntime_runner(ids: list[list[int]], tmp: Path) -> Callable[[], object] | None:
     try:
         import onnxruntime as ort
         import torch
@@ -104,7 +109,7 @@ def bench_onnxruntime(ids: list[list[int]], tmp: Path) -> float | None:
         "input_ids": np.array(ids, np.int64),
         "attention_mask": np.ones((BATCH, TOKENS), np.int64),
     }
-    return BATCH / best_of(lambda: session.run(None, feed))
+    return lambda: session.run(None, feed)
 
 
 def main() -> None:
@@ -113,14 +118,16 @@ def main() -> None:
         pack(default_model.source_dir(), q8, "q8_0")
         pack(default_model.source_dir(), f32, "f32")
         ids = batch_ids(borda.load(q8).info.vocab_size)
-        rates = {
-            "borda q8_0": bench_borda(q8, ids),
-            "borda f32": bench_borda(f32, ids),
-            "torch fp32": bench_torch(ids),
+        runners = {
+            "borda q8_0": borda_runner(q8, ids),
+            "borda f32": borda_runner(f32, ids),
+            "torch fp32": torch_runner(ids),
         }
-        onnx = bench_onnxruntime(ids, Path(tmp))
-        if onnx is not None:
-            rates["onnxruntime fp32"] = onnx
+        onnx_runner = onnxruntime_runner(ids, Path(tmp))
+        if onnx_runner is not None:
+            runners["onnxruntime fp32"] = onnx_runner
+        rates = {name: BATCH / t for name, t in best_of(runners).items()}
+    onnx = rates.get("onnxruntime fp32")
     print(f"all-MiniLM-L6-v2, batch {BATCH} x {TOKENS} tokens, 1 thread")
     for name, rate in rates.items():
         print(f"  {name:18s} {rate:7.1f} sentences/s")
