@@ -38,11 +38,12 @@
  * fold into the x86 addressing mode. Products are accumulated with
  * f32x4.relaxed_madd (one vfmadd where the engine has FMA, else mul + add).
  *
- * Scratch is on the stack: ATTN_ACC_FLOATS accumulator floats, the score and
- * probability blocks, a block of K transposed and the broadcast queries. A tile holds min(ATTN_MAX_Q, ATTN_ACC_FLOATS /
- * head_dim) queries (32 for head_dim <= 256, e.g. 8 heads x 4 tokens, or 32
- * tokens of one head); a bigger group is split into several tiles, which then
- * re-read K/V. head_dim must be a multiple of 4 and <= ATTN_ACC_FLOATS. */
+ * Scratch is on the stack (~360 KB): ATTN_ACC_FLOATS accumulator floats, the
+ * score and probability blocks, a block of K transposed and the broadcast
+ * queries. A tile holds min(ATTN_MAX_Q, ATTN_ACC_FLOATS / head_dim) queries
+ * (32 for head_dim <= 256, e.g. 8 heads x 4 tokens, or 32 tokens of one head);
+ * a bigger group is split into several tiles, which then re-read K/V.
+ * head_dim must be a multiple of 4 and <= ATTN_ACC_FLOATS. */
 #include "borda.h"
 
 #include <wasm_simd128.h>
@@ -426,7 +427,8 @@ static inline __attribute__((always_inline)) void attend_tile(attn_query *qs, in
                                                               const float *k, const float *v,
                                                               float scale, float *acc,
                                                               const int hd) {
-    float S[ATTN_MAX_Q * ATTN_BLK], P[ATTN_MAX_Q * ATTN_BLK * 4], Kt[ATTN_QUAD_DIMS * ATTN_KT_STRIDE];
+    float S[ATTN_MAX_Q * ATTN_BLK], P[ATTN_MAX_Q * ATTN_BLK * 4];
+    float Kt[ATTN_QUAD_DIMS * ATTN_KT_STRIDE];
     v128_t QB[ATTN_MAX_Q * ATTN_QUAD_DIMS];
     int nquad = hd % 8 == 0 && hd <= ATTN_QUAD_DIMS ? nq / 4 * 4 : 0; /* queries in 4s */
     for (int i = 0; i < nquad; i += 4) broadcast_quad(qs + i, QB + (size_t)i * hd, hd);

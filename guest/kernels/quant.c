@@ -132,7 +132,8 @@ static inline v128_t absmax4x32(const float *x) {
     for (int i = 0; i < 4; i++) {
         const float *b = x + 32 * i;
         v128_t a = wasm_f32x4_abs(wasm_v128_load(b));
-        for (int j = 4; j < 32; j += 4) a = wasm_f32x4_pmax(a, wasm_f32x4_abs(wasm_v128_load(b + j)));
+        for (int j = 4; j < 32; j += 4)
+            a = wasm_f32x4_pmax(a, wasm_f32x4_abs(wasm_v128_load(b + j)));
         m[i] = a;
     }
     transpose4(m);
@@ -140,7 +141,8 @@ static inline v128_t absmax4x32(const float *x) {
 }
 
 /* One block's digits from its scale's inverse id. */
-static inline __attribute__((always_inline)) void act_block(const float *x, float id, int8_t *u, int k, int digits) {
+static inline __attribute__((always_inline)) void act_block(const float *x, float id, int8_t *u,
+                                                            int k, int digits) {
     if (digits == 2)
         act_block32_2digits(x, id, u, u + k);
     else
