@@ -76,8 +76,22 @@ static inline v128_t gelu_f32x4(v128_t x) {
     return wasm_v128_bitselect(wasm_f32x4_sub(x, h), h, wasm_f32x4_gt(x, wasm_f32x4_splat(0.0f)));
 }
 
+/* Vectors per loop iteration, each its own basic block: every loop back-edge spills
+ * the 9 constants and reloads them (19 cycles per vector with one vector per
+ * iteration, 15 with 4, 14.6 with 8). */
+#define GELU_UNROLL 8
+
 void gelu(float *x, int n) {
     int j = 0;
+    for (; j + 4 * GELU_UNROLL <= n; j += 4 * GELU_UNROLL) {
+        float *xj = x + j;
+        OPAQUE(xj);
+        UNROLLED
+        for (int i = 0; i < 4 * GELU_UNROLL; i += 4) {
+            if (i > 0 && !split_basic_block) break;
+            wasm_v128_store(xj + i, gelu_f32x4(wasm_v128_load(xj + i)));
+        }
+    }
     for (; j + 4 <= n; j += 4) wasm_v128_store(x + j, gelu_f32x4(wasm_v128_load(x + j)));
     if (j < n) { /* the tail through a zero-padded vector */
         float t[4] = {0, 0, 0, 0};
