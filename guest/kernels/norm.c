@@ -7,44 +7,47 @@
 
 #include "simd_math.h"
 
-static float sum_sq(const float *x, int n) {
-    v128_t a0 = wasm_f32x4_splat(0.0f), a1 = a0;
+/* The loops take 32 floats per iteration, the sums in 4 parts: Cranelift spills
+ * and reloads every vector live across a loop back-edge, which puts a store and a
+ * load into each sum's chain once per iteration. MiniLM's LayerNorm (2048 x 384):
+ * 4.7 cycles per float with 8 floats per iteration, 2.5 with 32. */
+
+/* sum of (x - c)^2 */
+static float sum_sq_centered(const float *x, float c, int n) {
+    v128_t vc = wasm_f32x4_splat(c), a[4];
+    for (int i = 0; i < 4; i++) a[i] = wasm_f32x4_splat(0.0f);
     int j = 0;
-    for (; j + 8 <= n; j += 8) {
-        v128_t v0 = wasm_v128_load(x + j), v1 = wasm_v128_load(x + j + 4);
-        a0 = wasm_f32x4_add(a0, wasm_f32x4_mul(v0, v0));
-        a1 = wasm_f32x4_add(a1, wasm_f32x4_mul(v1, v1));
+    for (; j + 32 <= n; j += 32) {
+        const float *xj = x + j;
+        OPAQUE(xj);
+        UNROLLED
+        for (int i = 0; i < 8; i++) {
+            v128_t v = wasm_f32x4_sub(wasm_v128_load(xj + 4 * i), vc);
+            a[i % 4] = wasm_f32x4_add(a[i % 4], wasm_f32x4_mul(v, v));
+        }
     }
-    float s = hsum_f32x4(wasm_f32x4_add(a0, a1));
-    for (; j < n; j++) s += x[j] * x[j];
+    for (; j + 4 <= n; j += 4) {
+        v128_t v = wasm_f32x4_sub(wasm_v128_load(x + j), vc);
+        a[0] = wasm_f32x4_add(a[0], wasm_f32x4_mul(v, v));
+    }
+    float s = hsum_f32x4(wasm_f32x4_add(wasm_f32x4_add(a[0], a[1]), wasm_f32x4_add(a[2], a[3])));
+    for (; j < n; j++) s += (x[j] - c) * (x[j] - c);
     return s;
 }
 
 static float sum(const float *x, int n) {
-    v128_t a0 = wasm_f32x4_splat(0.0f), a1 = a0;
+    v128_t a[4];
+    for (int i = 0; i < 4; i++) a[i] = wasm_f32x4_splat(0.0f);
     int j = 0;
-    for (; j + 8 <= n; j += 8) {
-        a0 = wasm_f32x4_add(a0, wasm_v128_load(x + j));
-        a1 = wasm_f32x4_add(a1, wasm_v128_load(x + j + 4));
+    for (; j + 32 <= n; j += 32) {
+        const float *xj = x + j;
+        OPAQUE(xj);
+        UNROLLED
+        for (int i = 0; i < 8; i++) a[i % 4] = wasm_f32x4_add(a[i % 4], wasm_v128_load(xj + 4 * i));
     }
-    float s = hsum_f32x4(wasm_f32x4_add(a0, a1));
+    for (; j + 4 <= n; j += 4) a[0] = wasm_f32x4_add(a[0], wasm_v128_load(x + j));
+    float s = hsum_f32x4(wasm_f32x4_add(wasm_f32x4_add(a[0], a[1]), wasm_f32x4_add(a[2], a[3])));
     for (; j < n; j++) s += x[j];
-    return s;
-}
-
-/* sum of (x - mean)^2 */
-static float sum_sq_centered(const float *x, float mean, int n) {
-    v128_t m = wasm_f32x4_splat(mean);
-    v128_t a0 = wasm_f32x4_splat(0.0f), a1 = a0;
-    int j = 0;
-    for (; j + 8 <= n; j += 8) {
-        v128_t v0 = wasm_f32x4_sub(wasm_v128_load(x + j), m);
-        v128_t v1 = wasm_f32x4_sub(wasm_v128_load(x + j + 4), m);
-        a0 = wasm_f32x4_add(a0, wasm_f32x4_mul(v0, v0));
-        a1 = wasm_f32x4_add(a1, wasm_f32x4_mul(v1, v1));
-    }
-    float s = hsum_f32x4(wasm_f32x4_add(a0, a1));
-    for (; j < n; j++) s += (x[j] - mean) * (x[j] - mean);
     return s;
 }
 
@@ -53,7 +56,7 @@ void rmsnorm(const float *x, const float *w, float *y, int n_tokens, int dim, fl
     for (int t = 0; t < n_tokens; t++) {
         const float *xt = x + (size_t)t * dim;
         float *yt = y + (size_t)t * dim;
-        float inv = 1.0f / __builtin_sqrtf(sum_sq(xt, dim) / (float)dim + eps);
+        float inv = 1.0f / __builtin_sqrtf(sum_sq_centered(xt, 0.0f, dim) / (float)dim + eps);
         v128_t vinv = wasm_f32x4_splat(inv);
         int j = 0;
         for (; j + 4 <= dim; j += 4)
@@ -74,6 +77,14 @@ void layernorm(const float *x, const float *w, const float *b, float *y, int n_t
         float inv = 1.0f / __builtin_sqrtf(var + eps);
         v128_t vm = wasm_f32x4_splat(mean), vinv = wasm_f32x4_splat(inv);
         int j = 0;
+        for (; j + 32 <= dim; j += 32) {
+            UNROLLED
+            for (int i = j; i < j + 32; i += 4) {
+                v128_t v = wasm_f32x4_mul(wasm_f32x4_sub(wasm_v128_load(xt + i), vm), vinv);
+                v = wasm_f32x4_add(wasm_f32x4_mul(v, wasm_v128_load(w + i)), wasm_v128_load(b + i));
+                wasm_v128_store(yt + i, v);
+            }
+        }
         for (; j + 4 <= dim; j += 4) {
             v128_t v = wasm_f32x4_mul(wasm_f32x4_sub(wasm_v128_load(xt + j), vm), vinv);
             v = wasm_f32x4_add(wasm_f32x4_mul(v, wasm_v128_load(w + j)), wasm_v128_load(b + j));
