@@ -287,14 +287,22 @@ static void softmax_block(attn_query *qr, const float *s, int n16, float *P, flo
     float cm = hmax_f32x4(wasm_f32x4_max(wasm_f32x4_max(m0, m1), wasm_f32x4_max(m2, m3)));
     float m_new = cm > qr->m ? cm : qr->m;
     v128_t vmn = wasm_f32x4_splat(m_new), vs = wasm_f32x4_splat(0.0f);
-    for (int j = 0; j < n16; j += 16) { /* one vector per basic block */
-        EXP_STEP(0);
-        if (!split_basic_block) break;
-        EXP_STEP(4);
-        if (!split_basic_block) break;
-        EXP_STEP(8);
-        if (!split_basic_block) break;
-        EXP_STEP(12);
+    /* one vector per basic block, 8 per loop iteration: a back-edge spills the
+     * constants and the sum */
+    int j = 0;
+    for (; j + 32 <= n16; j += 32) {
+        UNROLLED
+        for (int o = 0; o < 32; o += 4) {
+            if (o > 0 && !split_basic_block) break;
+            EXP_STEP(o);
+        }
+    }
+    if (j < n16) {
+        UNROLLED
+        for (int o = 0; o < 16; o += 4) {
+            if (o > 0 && !split_basic_block) break;
+            EXP_STEP(o);
+        }
     }
     float sum = hsum_f32x4(vs);
     if (qr->m != m_new && qr->l > 0.0f) { /* (on the first block acc and l are 0) */
