@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--gemm", type=int, default=4096, help="rows = K of the GEMM matrix")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--gemv-copies", type=int, default=3, help="weight copies per engine")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     limits = Limits(memory_bytes=(4 << 30) - (1 << 16), timeout=600)
@@ -91,23 +92,35 @@ def main() -> None:
     # -- GEMV: decode, memory-bound ---------------------------------------------------
     rows, k = args.gemv_rows, args.gemv_k
     w_q8 = random_q8_0(rng, rows, k)
-    borda = Kernels(limits)
-    no_epoch = Kernels(limits, EngineConfig(epoch_interruption=False))
-    gemv = KernelCall(borda, borda.upload_q8_0(w_q8), 1, rng)
-    gemv_plain = KernelCall(no_epoch, no_epoch.upload_q8_0(w_q8), 1, rng)
+    # Each engine gets several sandboxes, each with its own copy of the weights: how a
+    # copy's pages happen to land in DRAM moves this memory-bound GEMV by up to ~20 %,
+    # more than the epoch checks cost, so one copy per engine decides nothing.
+    copies = args.gemv_copies
+    gemvs = [
+        KernelCall(kern, kern.upload_q8_0(w_q8), 1, rng)
+        for kern in (Kernels(limits) for _ in range(copies))
+    ]
+    plain = EngineConfig(epoch_interruption=False)
+    gemvs_plain = [
+        KernelCall(kern, kern.upload_q8_0(w_q8), 1, rng)
+        for kern in (Kernels(limits, plain) for _ in range(copies))
+    ]
+    gemv = gemvs[0]
     del w_q8
     planar_bytes = rows * k + rows * (k // QK) * (4 + 2)
     w_f32 = rng.standard_normal((rows, k), dtype=np.float32)
     x_f32 = rng.standard_normal(k, dtype=np.float32)
-    t_relaxed, t_two, t_i16, t_no_epoch, t_numpy = best_of(
-        gemv.gemm,
+    times = best_of(
+        *(g.gemm for g in gemvs),
+        *(g.gemm for g in gemvs_plain),
         partial(gemv.gemm, 2),
         gemv.gemv_i16,
-        gemv_plain.gemm,
         lambda: w_f32 @ x_f32,
         repeat=args.repeat,
     )
-    del w_f32
+    t_relaxed, t_no_epoch = min(times[:copies]), min(times[copies : 2 * copies])
+    t_two, t_i16, t_numpy = times[2 * copies :]
+    del w_f32, gemvs, gemvs_plain
     mb = planar_bytes / 1e6
     print(f"GEMV Q8_0 {rows}x{k}, 1 thread, {mb:.0f} MB of weights read per call")
     print(f"  borda relaxed-dot  {t_relaxed * 1e3:7.2f} ms  {mb / 1e3 / t_relaxed:6.2f} GB/s")
@@ -128,7 +141,7 @@ def main() -> None:
         f"  epoch interruption cost: {(t_relaxed / t_no_epoch - 1) * 100:+.1f}% "
         f"({t_no_epoch * 1e3:.2f} ms without) (target <= 10%)"
     )
-    del gemv, gemv_plain, borda, no_epoch
+    del gemv
 
     # -- GEMM: prefill, compute-bound -------------------------------------------------
     n, tokens = args.gemm, args.tokens
