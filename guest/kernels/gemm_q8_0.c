@@ -312,7 +312,7 @@ typedef struct {
 } q8_panel_block;
 
 /* The packed panels of a row group: panel i, block b at panels[i * nb + b]. */
-#define panels ((q8_panel_block *)gemm_panels)
+static q8_panel_block *const panels = (q8_panel_block *)gemm_panels;
 #define PANEL_BLOCKS (GEMM_PANELS_BYTES / sizeof(q8_panel_block))
 
 /* A token tile's activations for one K chunk: x[b][g][digit][t] is token t's 4 bytes of
