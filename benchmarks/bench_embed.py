@@ -16,7 +16,6 @@ for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = "1"
 
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,23 +23,11 @@ from typing import Any
 import numpy as np
 
 import borda
+from bench_kernels import best_of
 from borda import default_model
 from borda.pack import pack
 
 BATCH, TOKENS, REPEAT = 16, 128, 5
-
-
-def best_of(runners: dict[str, Callable[[], object]]) -> dict[str, float]:
-    """The best time of each runner, the runners taking turns within each round."""
-    for run in runners.values():
-        run()  # warm up
-    best = dict.fromkeys(runners, float("inf"))
-    for _ in range(REPEAT):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def batch_ids(vocab: int) -> list[list[int]]:
@@ -126,7 +113,8 @@ def main() -> None:
         onnx_runner = onnxruntime_runner(ids, Path(tmp))
         if onnx_runner is not None:
             runners["onnxruntime fp32"] = onnx_runner
-        rates = {name: BATCH / t for name, t in best_of(runners).items()}
+        times = best_of(*runners.values(), repeat=REPEAT)
+        rates = {name: BATCH / t for name, t in zip(runners, times, strict=True)}
     onnx = rates.get("onnxruntime fp32")
     print(f"all-MiniLM-L6-v2, batch {BATCH} x {TOKENS} tokens, 1 thread")
     for name, rate in rates.items():
