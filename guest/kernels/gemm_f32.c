@@ -103,23 +103,22 @@ static void gemm_f32_rows(const float *x, const float *w, const float *bias, flo
 #define F32_STEP 64 /* k per iteration of the tile's loop: each back-edge spills the 8 sums
                         (16 k: 14.5 GMAC/s, 32: 16.5, 64: 17.3) */
 
+/* The 4 floats at p, of which the first n (> 0) exist: zero past them, nothing read. */
+static inline v128_t load_upto4(const float *p, int n) {
+    if (n >= 4) return wasm_v128_load(p);
+    float t[4] = {0, 0, 0, 0};
+    for (int e = 0; e < n; e++) t[e] = p[e];
+    return wasm_v128_load(t);
+}
+
 /* Rows r..r+nr-1 (nr <= 4, missing rows zero) of k0..k0+kc (kc a multiple of 4,
  * past k zero) as p[j] = the 4 rows at k0 + j. */
 static void pack_panel_f32(const float *w, int k, int r, int nr, int k0, int kc, v128_t *p) {
     for (int j = 0; j < kc; j += 4) {
         v128_t x[4];
-        for (int i = 0; i < 4; i++) {
-            const float *row = w + (size_t)(r + i) * k + k0 + j;
-            if (i >= nr) {
-                x[i] = wasm_f32x4_splat(0.0f);
-            } else if (k0 + j + 4 <= k) {
-                x[i] = wasm_v128_load(row);
-            } else {
-                float t[4] = {0, 0, 0, 0};
-                for (int e = 0; k0 + j + e < k; e++) t[e] = row[e];
-                x[i] = wasm_v128_load(t);
-            }
-        }
+        for (int i = 0; i < 4; i++)
+            x[i] = i < nr ? load_upto4(w + (size_t)(r + i) * k + k0 + j, k - k0 - j)
+                          : wasm_f32x4_splat(0.0f);
         transpose4(x);
         for (int e = 0; e < 4; e++) p[j + e] = x[e];
     }
@@ -131,14 +130,7 @@ static void pack_act_f32(const float *x, int k, int nt, int k0, int kc, v128_t *
     for (int t = 0; t < F32_NT; t++) {
         const float *xt = x + (size_t)(t < nt ? t : 0) * k + k0;
         for (int j = 0; j < kc; j += 4) {
-            v128_t v;
-            if (k0 + j + 4 <= k) {
-                v = wasm_v128_load(xt + j);
-            } else {
-                float tail[4] = {0, 0, 0, 0};
-                for (int e = 0; k0 + j + e < k; e++) tail[e] = xt[j + e];
-                v = wasm_v128_load(tail);
-            }
+            v128_t v = load_upto4(xt + j, k - k0 - j);
             for (int e = 0; e < 4; e++) a[4 * (j + e) + t] = splat_lane(v, e);
         }
     }
