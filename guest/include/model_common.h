@@ -23,10 +23,13 @@ int64_t borda_fn_error_response(const char *fn, const char *err);
 
 uint64_t model_align64(uint64_t n);
 uint64_t model_memory_bytes(void); /* the current linear memory size */
-/* [p, p + n) lies in the heap (the range host buffers come from) */
 /* The init request's arg 'weights_end' (where the data segment's weights end), checked to
  * lie inside linear memory; 0 with err set otherwise. */
 int model_weights_end(const borda_request *rq, int64_t *end, char *err);
+/* init's first allocation: the zeroed layer table of `bytes`, with the arena moved above
+ * the weights (which end at `end`) for good; NULL when out of memory. */
+void *model_alloc_layer_table(int64_t end, uint64_t bytes);
+/* [p, p + n) lies in the heap (the range host buffers come from) */
 int model_in_heap(uint32_t p, uint64_t n);
 /* [p, p + n) and [lo, hi) intersect */
 int model_overlaps(uint64_t p, uint64_t n, uint64_t lo, uint64_t hi);

@@ -434,15 +434,12 @@ static int init(const borda_request *rq, uint64_t *scratch_bytes) {
     if (!model_weights_end(rq, &end, err)) return 0;
 
     /* From here on everything lives in the arena above the weights. */
-    arena_start_above((uintptr_t)end);
     uint64_t layers_bytes = (uint64_t)c.n_layers * sizeof(Layer);
     w = (Weights){0};
-    w.layers = arena_alloc((size_t)layers_bytes);
+    w.layers = model_alloc_layer_table(end, layers_bytes);
     if (!w.layers) return fail("out of memory for the layer table");
-    __builtin_memset(w.layers, 0, (size_t)layers_bytes);
     state_lo = (uintptr_t)w.layers;
-    weights_lo = (uintptr_t)end;
-    weights_hi = (uintptr_t)end;
+    weights_lo = weights_hi = (uintptr_t)end;
 
     if (mp_map_find(&rq->args, "weights", &v) != 1) return fail("missing arg 'weights'");
     if (!load_weights(&v)) return 0;

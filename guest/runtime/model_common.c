@@ -35,6 +35,13 @@ int model_weights_end(const borda_request *rq, int64_t *end, char *err) {
     return 1;
 }
 
+void *model_alloc_layer_table(int64_t end, uint64_t bytes) {
+    arena_start_above((uintptr_t)end);
+    void *table = arena_alloc((size_t)bytes);
+    if (table) __builtin_memset(table, 0, (size_t)bytes);
+    return table;
+}
+
 int model_in_heap(uint32_t p, uint64_t n) {
     return n <= UINT32_MAX && borda_in_heap(p, (uint32_t)n);
 }
