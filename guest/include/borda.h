@@ -72,11 +72,13 @@ void dequantize_q8_0(const block_q8_0 *blocks, float *y, int n);
 void repack_q8_0(const block_q8_0 *blocks, int8_t *qs, float *d, int16_t *s, int nblocks);
 void quantize_act(const float *x, int8_t *u, float *dx, int n_tokens, int k, int digits);
 
-void gemm_q8_0(const q8_matrix *w, const int8_t *xu, const float *xd, float *y, int n_tokens,
-               int digits);
+/* Both GEMMs: y[t][r] = x[t] . w[r] + bias[r] (bias may be NULL), added to y's
+ * values when accumulate (a residual connection) instead of replacing them. */
+void gemm_q8_0(const q8_matrix *w, const int8_t *xu, const float *xd, const float *bias, float *y,
+               int n_tokens, int digits, int accumulate);
 void gemv_q8_0_i16(const q8_matrix *w, const int8_t *xu, const float *xd, float *y); /* 1 digit */
 void gemm_f32(const float *x, const float *w, const float *bias, float *y, int n_tokens, int rows,
-              int k);
+              int k, int accumulate);
 /* One row group's weight panels, packed by gemm_q8_0 or gemm_f32 (never both at once). */
 #define GEMM_PANELS_BYTES (256 << 10)
 extern uint8_t gemm_panels[GEMM_PANELS_BYTES];

@@ -60,6 +60,8 @@ typedef struct {
 
 /* y[t][rows] = in[t] . W[rows] (+ bias, which may be NULL) */
 void model_matmul(model_input *in, const model_matrix *m, const float *bias, float *y);
+/* y[t][rows] += in[t] . W[rows] (+ bias): a residual connection, y not aliasing in */
+void model_matmul_add(model_input *in, const model_matrix *m, const float *bias, float *y);
 /* x[i] += y[i] */
 void model_add(float *x, const float *y, int n);
 

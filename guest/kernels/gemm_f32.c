@@ -1,4 +1,5 @@
-/* f32 GEMM with both operands K-contiguous: y[t][r] = x[t,:] . w[r,:] (+ bias[r]).
+/* f32 GEMM with both operands K-contiguous: y[t][r] = x[t,:] . w[r,:] (+ bias[r]),
+ * added to y[t][r] when accumulating.
  * Plain mul + add (no relaxed madd), so results do not depend on the engine.
  *
  * Fewer than 4 tokens (decode: memory bound): register tile of 4 rows x 1-2
@@ -22,7 +23,8 @@
 /* NR rows x NT tokens; NR in {1,4}, NT in {1,2}, constants at every call. */
 static inline __attribute__((always_inline)) void tile_f32(const float *x, const float *w,
                                                            const float *bias, float *y, int k,
-                                                           int rows, const int NR, const int NT) {
+                                                           int rows, int accumulate, const int NR,
+                                                           const int NT) {
     v128_t acc[4][2];
     for (int i = 0; i < NR; i++)
         for (int t = 0; t < NT; t++) acc[i][t] = wasm_f32x4_splat(0.0f);
@@ -60,13 +62,14 @@ static inline __attribute__((always_inline)) void tile_f32(const float *x, const
             float s = sum[i];
             for (int jj = j; jj < k; jj++) s += x[(size_t)t * k + jj] * w[(size_t)i * k + jj];
             if (bias) s += bias[i];
-            y[(size_t)t * rows + i] = s;
+            float *yi = y + (size_t)t * rows + i;
+            *yi = accumulate ? *yi + s : s;
         }
     }
 }
 
 static void gemm_f32_rows(const float *x, const float *w, const float *bias, float *y,
-                          int n_tokens, int rows, int k) {
+                          int n_tokens, int rows, int k, int accumulate) {
     /* rows in blocks of ~256 KB of weights, reused from L2 by all tokens */
     int rb = 65536 / (k > 0 ? k : 1);
     rb = rb < 4 ? 4 : rb / 4 * 4;
@@ -78,18 +81,22 @@ static void gemm_f32_rows(const float *x, const float *w, const float *bias, flo
             float *yt = y + (size_t)t * rows;
             int r = r0;
             for (; r + 4 <= r1; r += 4)
-                tile_f32(xt, w + (size_t)r * k, bias ? bias + r : NULL, yt + r, k, rows, 4, 2);
+                tile_f32(xt, w + (size_t)r * k, bias ? bias + r : NULL, yt + r, k, rows,
+                         accumulate, 4, 2);
             for (; r < r1; r++)
-                tile_f32(xt, w + (size_t)r * k, bias ? bias + r : NULL, yt + r, k, rows, 1, 2);
+                tile_f32(xt, w + (size_t)r * k, bias ? bias + r : NULL, yt + r, k, rows,
+                         accumulate, 1, 2);
         }
         for (; t < n_tokens; t++) {
             const float *xt = x + (size_t)t * k;
             float *yt = y + (size_t)t * rows;
             int r = r0;
             for (; r + 4 <= r1; r += 4)
-                tile_f32(xt, w + (size_t)r * k, bias ? bias + r : NULL, yt + r, k, rows, 4, 1);
+                tile_f32(xt, w + (size_t)r * k, bias ? bias + r : NULL, yt + r, k, rows,
+                         accumulate, 4, 1);
             for (; r < r1; r++)
-                tile_f32(xt, w + (size_t)r * k, bias ? bias + r : NULL, yt + r, k, rows, 1, 1);
+                tile_f32(xt, w + (size_t)r * k, bias ? bias + r : NULL, yt + r, k, rows,
+                         accumulate, 1, 1);
         }
     }
 }
@@ -154,8 +161,8 @@ static inline __attribute__((always_inline)) void madd_8x4(v128_t acc[2][F32_NT]
 }
 
 /* One tile: 8 rows (panels p0, p1) x 4 tokens over a K chunk of kc (a multiple of
- * 4); y (row stride `rows`) gets the nr x nt results, plus bias on the first chunk
- * (accumulate = 0), added to y's on the others. */
+ * 4); y (row stride `rows`) gets the nr x nt results plus bias (unless NULL), added
+ * to y's values when accumulating. */
 static __attribute__((noinline)) void tile_f32_8x4(const v128_t *p0, const v128_t *p1, int kc,
                                                    const v128_t *a, const float *bias, float *y,
                                                    size_t rows, int nr, int nt, int accumulate) {
@@ -176,12 +183,15 @@ static __attribute__((noinline)) void tile_f32_8x4(const v128_t *p0, const v128_
     for (int t = 0; t < nt; t++)
         for (int r = 0; r < nr; r++) {
             float v = out[r / 4][t][r % 4], *yr = y + (size_t)t * rows + r;
-            *yr = accumulate ? *yr + v : bias ? v + bias[r] : v;
+            if (bias) v += bias[r];
+            *yr = accumulate ? *yr + v : v;
         }
 }
 
+/* The first K chunk adds the bias (and y's values when accumulating), the others add
+ * to y. */
 static void gemm_f32_tiled(const float *x, const float *w, const float *bias, float *y,
-                           int n_tokens, int rows, int k) {
+                           int n_tokens, int rows, int k, int accumulate) {
     v128_t act[F32_KC * F32_NT]; /* 16 KB of stack */
     v128_t *panels = (v128_t *)gemm_panels;
     for (int k0 = 0; k0 < k; k0 += F32_KC) {
@@ -198,9 +208,9 @@ static void gemm_f32_tiled(const float *x, const float *w, const float *bias, fl
                 for (int r = 0; r < nrg; r += 8) {
                     const v128_t *p0 = panels + (size_t)(r / 4) * kc;
                     const v128_t *p1 = nrg - r > 4 ? p0 + kc : p0;
-                    tile_f32_8x4(p0, p1, kc, act, bias ? bias + r0 + r : NULL,
+                    tile_f32_8x4(p0, p1, kc, act, bias && k0 == 0 ? bias + r0 + r : NULL,
                                  y + (size_t)t * rows + r0 + r, (size_t)rows,
-                                 nrg - r < 8 ? nrg - r : 8, nt, k0 > 0);
+                                 nrg - r < 8 ? nrg - r : 8, nt, k0 > 0 || accumulate);
                 }
             }
         }
@@ -208,9 +218,9 @@ static void gemm_f32_tiled(const float *x, const float *w, const float *bias, fl
 }
 
 void gemm_f32(const float *x, const float *w, const float *bias, float *y, int n_tokens, int rows,
-              int k) {
+              int k, int accumulate) {
     if (n_tokens >= F32_NT && k > 0)
-        gemm_f32_tiled(x, w, bias, y, n_tokens, rows, k);
+        gemm_f32_tiled(x, w, bias, y, n_tokens, rows, k, accumulate);
     else
-        gemm_f32_rows(x, w, bias, y, n_tokens, rows, k);
+        gemm_f32_rows(x, w, bias, y, n_tokens, rows, k, accumulate);
 }

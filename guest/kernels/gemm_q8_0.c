@@ -193,11 +193,18 @@ static inline __attribute__((always_inline)) void rows2_step(
                                                   wasm_v128_load(d + ro * nb + b), x, digits));
 }
 
+/* y[r] = v + bias[r], or y[r] += that when accumulating */
+static inline void store_row(float *y, const float *bias, size_t r, float v, int accumulate) {
+    if (bias) v += bias[r];
+    y[r] = accumulate ? y[r] + v : v;
+}
+
 /* Rows r and r + rows/2 together: two sequential streams through the matrix,
  * far apart, which the hardware prefetchers follow better than one; the pair
  * shares its activation loads. */
 static inline __attribute__((always_inline)) void gemv_q8_0(const q8_matrix *w, const int8_t *xu,
-                                                            const float *xd, float *y,
+                                                            const float *xd, const float *bias,
+                                                            float *y, int accumulate,
                                                             const int digits) {
     size_t k = (size_t)w->k, nb = k / QK8_0, nb4 = nb & ~(size_t)3;
     size_t half = (size_t)w->rows / 2;
@@ -216,23 +223,27 @@ static inline __attribute__((always_inline)) void gemv_q8_0(const q8_matrix *w, 
             acc_b = wasm_f32x4_add(acc_b, row_tail(wt + half * k, ut, k, s + half * nb + nb4,
                                                    d + half * nb + nb4, xd + nb4, n, digits));
         }
-        y[r] = hsum_f32x4(acc_a);
-        y[r + half] = hsum_f32x4(acc_b);
+        store_row(y, bias, r, hsum_f32x4(acc_a), accumulate);
+        store_row(y, bias, r + half, hsum_f32x4(acc_b), accumulate);
     }
     if (w->rows % 2) {
         size_t r = (size_t)w->rows - 1;
-        y[r] = row_dot(w->qs + r * k, w->s + r * nb, w->d + r * nb, xu, xd, nb, k, digits);
+        store_row(y, bias, r,
+                  row_dot(w->qs + r * k, w->s + r * nb, w->d + r * nb, xu, xd, nb, k, digits),
+                  accumulate);
     }
 }
 
 static __attribute__((noinline)) void gemv_q8_0_1digit(const q8_matrix *w, const int8_t *xu,
-                                                       const float *xd, float *y) {
-    gemv_q8_0(w, xu, xd, y, 1);
+                                                       const float *xd, const float *bias,
+                                                       float *y, int accumulate) {
+    gemv_q8_0(w, xu, xd, bias, y, accumulate, 1);
 }
 
 static __attribute__((noinline)) void gemv_q8_0_2digits(const q8_matrix *w, const int8_t *xu,
-                                                        const float *xd, float *y) {
-    gemv_q8_0(w, xu, xd, y, 2);
+                                                        const float *xd, const float *bias,
+                                                        float *y, int accumulate) {
+    gemv_q8_0(w, xu, xd, bias, y, accumulate, 2);
 }
 
 /* ---------------------------------------------------------------------------
@@ -378,31 +389,36 @@ static void pack_act_tile(const int8_t *xu, const float *xd, size_t k, int nt, s
     }
 }
 
-static inline void store_tile(const v128_t *facc, float *y, size_t rows, int nr, int nt,
-                              int accumulate) {
+/* y[t][0..nr) = facc[t] (+ bias), added to y's values when accumulating. */
+static inline void store_tile(const v128_t *facc, const float *bias, float *y, size_t rows,
+                              int nr, int nt, int accumulate) {
     for (int t = 0; t < nt; t++) {
         float *yt = y + (size_t)t * rows;
         if (nr == 4) {
             v128_t v = facc[t];
+            if (bias) v = wasm_f32x4_add(v, wasm_v128_load(bias));
             if (accumulate) v = wasm_f32x4_add(v, wasm_v128_load(yt));
             wasm_v128_store(yt, v);
         } else {
             float out[4];
             wasm_v128_store(out, facc[t]);
-            for (int i = 0; i < nr; i++) yt[i] = accumulate ? yt[i] + out[i] : out[i];
+            for (int i = 0; i < nr; i++) {
+                float v = bias ? out[i] + bias[i] : out[i];
+                yt[i] = accumulate ? yt[i] + v : v;
+            }
         }
     }
 }
 
 /* One tile, 8 rows (panels p0, p1) x 4 tokens (a), over nb blocks (nt and nr say which
- * results are stored). acc[i][t] is the i32x4 dot of block b (one lane per row of panel
+ * results are stored, see store_tile). acc[i][t] is the i32x4 dot of block b (one lane per row of panel
  * i), started at -OFFSET_SUM * s so that it ends as I(r,t,b) exactly; facc[i][t]
  * accumulates the f32 results. One basic block per k-group (split_basic_block), per token
  * and pair of k-groups with two digits. */
 static inline __attribute__((always_inline)) void tile_8x4(const q8_panel_block *p0,
                                                            const q8_panel_block *p1, int nb,
-                                                           const act_tile *a, float *y,
-                                                           size_t rows, int nr, int nt,
+                                                           const act_tile *a, const float *bias,
+                                                           float *y, size_t rows, int nr, int nt,
                                                            int accumulate, const int digits) {
     v128_t radix = wasm_i16x8_splat(ACT_RADIX);
     v128_t facc[2][GEMM_NT];
@@ -459,37 +475,42 @@ static inline __attribute__((always_inline)) void tile_8x4(const q8_panel_block 
             }
         }
     }
-    store_tile(facc[0], y, rows, nr < GEMM_ROWS ? nr : GEMM_ROWS, nt, accumulate);
-    if (nr > GEMM_ROWS) store_tile(facc[1], y + GEMM_ROWS, rows, nr - GEMM_ROWS, nt, accumulate);
+    store_tile(facc[0], bias, y, rows, nr < GEMM_ROWS ? nr : GEMM_ROWS, nt, accumulate);
+    if (nr > GEMM_ROWS)
+        store_tile(facc[1], bias ? bias + GEMM_ROWS : NULL, y + GEMM_ROWS, rows, nr - GEMM_ROWS, nt,
+                   accumulate);
 }
 
 /* The tile instances are separate functions so that their register allocation does not
  * compete with the scalars of the loop nest below. */
 typedef void (*tile_fn)(const q8_panel_block *, const q8_panel_block *, int, const act_tile *,
-                        float *, size_t, int, int, int);
+                        const float *, float *, size_t, int, int, int);
 
 #define TILE(DIGITS)                                                                          \
     static __attribute__((noinline)) void tile_8x4_##DIGITS(                                  \
         const q8_panel_block *p0, const q8_panel_block *p1, int nb, const act_tile *a,        \
-        float *y, size_t rows, int nr, int nt, int accumulate) {                              \
-        tile_8x4(p0, p1, nb, a, y, rows, nr, nt, accumulate, DIGITS);                         \
+        const float *bias, float *y, size_t rows, int nr, int nt, int accumulate) {           \
+        tile_8x4(p0, p1, nb, a, bias, y, rows, nr, nt, accumulate, DIGITS);                   \
     }
 TILE(1)
 TILE(2)
 #undef TILE
 
 /* Loop order: K chunks > row groups (as many panels as `panels` holds) > token tiles >
- * 8-row tiles. y accumulates over K chunks. */
-static void gemm_q8_0_tiled(const q8_matrix *w, const int8_t *xu, const float *xd, float *y,
-                            int n_tokens, int digits) {
+ * 8-row tiles. The first K chunk adds the bias (and y's values when accumulating), the
+ * others add to y. */
+static void gemm_q8_0_tiled(const q8_matrix *w, const int8_t *xu, const float *xd,
+                            const float *bias, float *y, int n_tokens, int digits,
+                            int accumulate) {
     act_tile tile; /* 33 KB of stack */
     tile_fn run_tile = digits == 1 ? tile_8x4_1 : tile_8x4_2;
     size_t k = (size_t)w->k, kb = k / QK8_0, rows = (size_t)w->rows;
     if (kb == 0)
-        for (size_t i = 0; i < (size_t)n_tokens * rows; i++) y[i] = 0.0f;
+        for (size_t t = 0; t < (size_t)n_tokens; t++)
+            for (size_t r = 0; r < rows; r++) store_row(y + t * rows, bias, r, 0.0f, accumulate);
     for (size_t b0 = 0; b0 < kb; b0 += GEMM_KCB) {
         int nb = kb - b0 < GEMM_KCB ? (int)(kb - b0) : GEMM_KCB;
-        int accumulate = b0 > 0;
+        int first = b0 == 0;
         int group = (int)PANEL_BLOCKS / nb / 2 * 2 * GEMM_ROWS;
         for (int r0 = 0; r0 < w->rows; r0 += group) {
             int nrg = w->rows - r0 < group ? w->rows - r0 : group;
@@ -505,20 +526,20 @@ static void gemm_q8_0_tiled(const q8_matrix *w, const int8_t *xu, const float *x
                     int nr = nrg - r < 2 * GEMM_ROWS ? nrg - r : 2 * GEMM_ROWS;
                     const q8_panel_block *p0 = panels + (size_t)(r / GEMM_ROWS) * nb;
                     const q8_panel_block *p1 = nr > GEMM_ROWS ? p0 + nb : p0;
-                    run_tile(p0, p1, nb, &tile, y + (size_t)t * rows + r0 + r, rows, nr, nt,
-                             accumulate);
+                    run_tile(p0, p1, nb, &tile, first && bias ? bias + r0 + r : NULL,
+                             y + (size_t)t * rows + r0 + r, rows, nr, nt, !first || accumulate);
                 }
             }
         }
     }
 }
 
-void gemm_q8_0(const q8_matrix *w, const int8_t *xu, const float *xd, float *y, int n_tokens,
-               int digits) {
+void gemm_q8_0(const q8_matrix *w, const int8_t *xu, const float *xd, const float *bias, float *y,
+               int n_tokens, int digits, int accumulate) {
     if (n_tokens != 1)
-        gemm_q8_0_tiled(w, xu, xd, y, n_tokens, digits);
+        gemm_q8_0_tiled(w, xu, xd, bias, y, n_tokens, digits, accumulate);
     else if (digits == 2)
-        gemv_q8_0_2digits(w, xu, xd, y);
+        gemv_q8_0_2digits(w, xu, xd, bias, y, accumulate);
     else
-        gemv_q8_0_1digit(w, xu, xd, y);
+        gemv_q8_0_1digit(w, xu, xd, bias, y, accumulate);
 }

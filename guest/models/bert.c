@@ -185,8 +185,7 @@ static void forward_layer(int l, const Batch *b, int s0, int s1, int T, int cls_
 
     /* x = LN(x + att Wo + bo) */
     model_input a = {s.att, n_out, c.dim, s.xq, s.xd, ACT_DIGITS, 0};
-    model_matmul(&a, &L->wo, L->bo, s.xb);
-    model_add(s.x, s.xb, n_out * c.dim);
+    model_matmul_add(&a, &L->wo, L->bo, s.x);
     layernorm(s.x, L->attn_norm, L->attn_norm_b, s.x, n_out, c.dim, c.norm_eps);
 
     /* x = LN(x + gelu(x Wup + bup) Wdown + bdown) */
@@ -194,8 +193,7 @@ static void forward_layer(int l, const Batch *b, int s0, int s1, int T, int cls_
     model_matmul(&f, &L->w_up, L->b_up, s.hb);
     gelu(s.hb, n_out * c.hidden_dim);
     model_input g = {s.hb, n_out, c.hidden_dim, s.xq, s.xd, ACT_DIGITS, 0};
-    model_matmul(&g, &L->w_down, L->b_down, s.xb);
-    model_add(s.x, s.xb, n_out * c.dim);
+    model_matmul_add(&g, &L->w_down, L->b_down, s.x);
     layernorm(s.x, L->ffn_norm, L->ffn_norm_b, s.x, n_out, c.dim, c.norm_eps);
 }
 

@@ -143,9 +143,8 @@ static void forward_layer(int l, int T, int pos, int n_out) {
               c.head_dim, c.max_context, pos + t0, pos + T, 1,
               1.0f / borda_sqrtf((float)c.head_dim));
     model_input a = {s.att, n_out, q_dim, s.xq, s.xd, ACT_DIGITS, 0};
-    model_matmul(&a, &L->wo, NULL, s.xb);
     float *x = s.x + (size_t)t0 * c.dim;
-    model_add(x, s.xb, n_out * c.dim);
+    model_matmul_add(&a, &L->wo, NULL, x);
 
     /* FFN: x += (silu(h Wg) * (h Wu)) Wd with h = rmsnorm(x) */
     rmsnorm(x, L->ffn_norm, s.xb, n_out, c.dim, c.norm_eps);
@@ -154,8 +153,7 @@ static void forward_layer(int l, int T, int pos, int n_out) {
     model_matmul(&f, &L->w_up, NULL, s.hb2);
     swiglu(s.hb, s.hb2, s.hb, n_out * c.hidden_dim);
     model_input g = {s.hb, n_out, c.hidden_dim, s.xq, s.xd, ACT_DIGITS, 0};
-    model_matmul(&g, &L->w_down, NULL, s.xb);
-    model_add(x, s.xb, n_out * c.dim);
+    model_matmul_add(&g, &L->w_down, NULL, x);
 }
 
 /* T <= max_batch tokens at positions pos..; logits of the last n_out of them. */

@@ -37,7 +37,8 @@ BORDA_EXPORT("borda_gemm_q8_0")
 void borda_gemm_q8_0(uint32_t qs, uint32_t d, uint32_t s, uint32_t xu, uint32_t xd, uint32_t y,
                      int32_t rows, int32_t k, int32_t n_tokens, int32_t digits) {
     q8_matrix w = make_q8_matrix(qs, d, s, rows, k);
-    gemm_q8_0(&w, PTR(const int8_t, xu), PTR(const float, xd), PTR(float, y), n_tokens, digits);
+    gemm_q8_0(&w, PTR(const int8_t, xu), PTR(const float, xd), NULL, PTR(float, y), n_tokens,
+              digits, 0);
 }
 
 BORDA_EXPORT("borda_gemv_q8_0_i16")
@@ -51,7 +52,7 @@ BORDA_EXPORT("borda_gemm_f32")
 void borda_gemm_f32(uint32_t x, uint32_t w, uint32_t bias, uint32_t y, int32_t n_tokens,
                     int32_t rows, int32_t k) {
     gemm_f32(PTR(const float, x), PTR(const float, w), bias ? PTR(const float, bias) : NULL,
-             PTR(float, y), n_tokens, rows, k);
+             PTR(float, y), n_tokens, rows, k, 0);
 }
 
 BORDA_EXPORT("borda_rmsnorm")

@@ -52,19 +52,25 @@ int model_overlaps(uint64_t p, uint64_t n, uint64_t lo, uint64_t hi) {
 
 /* ============================ the linear layer =========================== */
 
-void model_matmul(model_input *in, const model_matrix *m, const float *bias, float *y) {
+static void matmul(model_input *in, const model_matrix *m, const float *bias, float *y,
+                   int accumulate) {
     if (!m->is_q8) {
-        gemm_f32(in->x, m->f32, bias, y, in->n_tokens, m->rows, m->k);
+        gemm_f32(in->x, m->f32, bias, y, in->n_tokens, m->rows, m->k, accumulate);
         return;
     }
     if (!in->quantized) {
         quantize_act(in->x, in->xq, in->xd, in->n_tokens, in->k, in->act_digits);
         in->quantized = 1;
     }
-    gemm_q8_0(&m->q8, in->xq, in->xd, y, in->n_tokens, in->act_digits);
-    if (bias)
-        for (int t = 0; t < in->n_tokens; t++)
-            for (int r = 0; r < m->rows; r++) y[(size_t)t * m->rows + r] += bias[r];
+    gemm_q8_0(&m->q8, in->xq, in->xd, bias, y, in->n_tokens, in->act_digits, accumulate);
+}
+
+void model_matmul(model_input *in, const model_matrix *m, const float *bias, float *y) {
+    matmul(in, m, bias, y, 0);
+}
+
+void model_matmul_add(model_input *in, const model_matrix *m, const float *bias, float *y) {
+    matmul(in, m, bias, y, 1);
 }
 
 void model_add(float *x, const float *y, int n) {
