@@ -208,6 +208,14 @@ def test_prompt_longer_than_the_context_is_a_context_overflow(hf_model: tuple[st
         list(session.generate(PROMPT * 4, max_tokens=4))
 
 
+def test_context_and_token_counts_are_checked(hf_model: tuple[str, Path]) -> None:
+    model = borda.load(packed(hf_model[1], "q8_0"))
+    with pytest.raises(borda.InvalidInput, match="max_context must be >= 1, got 0"):
+        model.session(max_context=0)
+    with pytest.raises(borda.InvalidInput, match="max_tokens must be >= 0, got -1"):
+        list(model.session().generate(PROMPT, max_tokens=-1))
+
+
 def test_memory_budget_bounds_the_context(hf_model: tuple[str, Path]) -> None:
     model = borda.load(packed(hf_model[1], "q8_0"))
     per_position = kv_bytes_per_position(model.config)
@@ -288,6 +296,8 @@ def test_cli_errors_are_one_line_with_exit_code_2(
         ["inspect", str(bad)],
         ["pack", str(tmp_path), "-o", str(tmp_path / "o.wasm")],
         ["run", str(packed(hf_model[1], "q8_0")), "-p", PROMPT * 9, "--max-context", "8"],
+        ["run", str(packed(hf_model[1], "q8_0")), "-p", PROMPT, "--max-context", "0"],
+        ["run", str(packed(hf_model[1], "q8_0")), "-p", PROMPT, "--max-tokens", "-1"],
     ):
         result = runner.invoke(main, args)
         assert result.exit_code == 2, (args, result.output)

@@ -222,12 +222,16 @@ def test_cli_search_ranks_the_relevant_line_first(
 def test_cli_rejects_bad_input_in_one_line(minilm: dict[str, borda.Model], tmp_path: Path) -> None:
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"fine\n\xff\xfe broken\n")
+    good = tmp_path / "good.txt"
+    good.write_text("fine\n")
     encoder = str(minilm["q8_0"].path)
     cases = [
         (["embed", encoder, "--file", str(bad)], "line 2"),
         (["run", encoder, "-p", "hello"], "encoder"),
         (["embed", encoder], "nothing to embed"),
         (["embed", encoder, "x", "--format", "npy"], "-o"),
+        (["search", encoder, "-q", "x", "--file", str(good), "--top", "0"], "--top must be >= 1"),
+        (["search", encoder, "-q", "x", "--file", str(good), "--top", "-3"], "--top must be >= 1"),
     ]
     for args, needle in cases:
         result = CliRunner().invoke(main, args)

@@ -277,6 +277,8 @@ def embed(
 
 
 def ranked(model: Any, query: str, corpus: list[str], top: int) -> list[tuple[float, str]]:
+    if top < 1:
+        raise InvalidInput(f"--top must be >= 1, got {top}")
     vectors = model.embed([query, *corpus], normalize=True)
     scores = vectors[1:] @ vectors[0]
     order = np.argsort(-scores, kind="stable")[:top]

@@ -61,7 +61,8 @@ class Session(SandboxedSession):
         per_position, scratch = kv_bytes_per_position(c), scratch_bytes(c)
         model_limit = c["max_position_embeddings"]
         if memory_limit is None:
-            max_context = max_context or min(model_limit, DEFAULT_CONTEXT)
+            if max_context is None:
+                max_context = min(model_limit, DEFAULT_CONTEXT)
             private = max_context * per_position + scratch
         else:
             private = parse_size(memory_limit)
@@ -207,6 +208,8 @@ class Session(SandboxedSession):
     ) -> Iterator[int | None]:
         """generate_ids one model call at a time: None after each prefill chunk, then each
         new id. A scheduler interleaves sessions at these boundaries."""
+        if max_tokens < 0:
+            raise InvalidInput(f"max_tokens must be >= 0, got {max_tokens}")
         self.reset()
         sampler = Sampler(params or SamplingParams())
         eos = set(self.model.config.get("eos_token_ids") or ()) if stop_at_eos else set()
