@@ -123,6 +123,16 @@ def test_batched_and_single_embeddings_agree(minilm: dict[str, borda.Model]) -> 
     np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-6)
 
 
+def test_any_iterable_of_strings_embeds_and_other_items_are_refused(
+    minilm: dict[str, borda.Model],
+) -> None:
+    texts = sentences()[:3]
+    listed = minilm["q8_0"].embed(texts)
+    np.testing.assert_array_equal(minilm["q8_0"].embed(t for t in texts), listed)
+    with pytest.raises(borda.InvalidInput, match="text 1 is not a string but bytes"):
+        minilm["q8_0"].embed(["fine", b"bytes"])
+
+
 def test_truncation_can_be_refused(minilm: dict[str, borda.Model]) -> None:
     long = sentences()[-1]
     with pytest.raises(borda.InvalidInput, match="truncate=True"):

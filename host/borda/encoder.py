@@ -6,7 +6,7 @@ vectors = model.embed(["a sentence", "another"])   # (2, 384) float32, L2-normal
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -77,7 +77,7 @@ class EncoderSession(SandboxedSession):
         """Token ids with the model's special tokens, truncated at its max length or rejected."""
         for i, text in enumerate(texts):
             if not isinstance(text, str):
-                raise InvalidInput(f"text {i} is a {type(text).__name__}, not a string")
+                raise InvalidInput(f"text {i} is not a string but {type(text).__name__}")
             if not text.strip():
                 raise InvalidInput(f"text {i} is empty; there is nothing to embed")
         self._tokenizer.no_truncation()
@@ -101,7 +101,7 @@ class EncoderSession(SandboxedSession):
 
     def embed(
         self,
-        texts: str | Sequence[str],
+        texts: str | Iterable[str],
         batch_size: int = 16,
         normalize: bool | None = None,
         truncate: bool = True,
@@ -117,15 +117,14 @@ class EncoderSession(SandboxedSession):
 
     def embed_steps(
         self,
-        texts: str | Sequence[str],
+        texts: str | Iterable[str],
         batch_size: int = 16,
         normalize: bool | None = None,
         truncate: bool = True,
     ) -> Generator[None, None, np.ndarray]:
         """embed one batch at a time (a scheduler interleaves sessions between batches);
         returns the embeddings."""
-        if isinstance(texts, str):
-            texts = [texts]
+        texts = [texts] if isinstance(texts, str) else list(texts)
         if len(texts) == 0:
             raise InvalidInput("no texts to embed: pass at least one string")
         if batch_size < 1:

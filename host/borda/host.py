@@ -21,7 +21,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -147,7 +147,7 @@ class HostSession:
 
     def embed(
         self,
-        texts: str | Sequence[str],
+        texts: str | Iterable[str],
         batch_size: int = 16,
         normalize: bool | None = None,
         truncate: bool = True,

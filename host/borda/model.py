@@ -8,7 +8,7 @@ and instance with its own memory budget and deadline: decoders generate text
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,7 +166,7 @@ class Model:
 
     def embed(
         self,
-        texts: str | Sequence[str],
+        texts: str | Iterable[str],
         batch_size: int = 16,
         normalize: bool | None = None,
         truncate: bool = True,
