@@ -13,8 +13,10 @@ from click.testing import CliRunner
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
 import borda
-from borda import default_model
+import borda.pack as pack_module
+from borda import default_model, runtimes
 from borda.cli import main
+from borda.model import ENCODER
 from borda.pack import pack
 from model_factory import corpus
 
@@ -261,6 +263,22 @@ def test_cli_demo_searches_the_bundled_corpus(
     second = CliRunner().invoke(main, ["demo", "--top", "3"])
     assert "packing" not in second.output  # the cached model is reused
     assert "ms each" in second.output
+
+    # an upgraded Borda (other encoder runtime bytes) packs anew and drops the old packing
+    first_path = default_model.packed_path()
+    original = runtimes.runtime_bytes
+    custom_section = b"\x00\x08\x07upgrade"  # id 0, 8 bytes: the name "upgrade"
+
+    def upgraded(name: str) -> bytes:
+        return original(name) + (custom_section if name == ENCODER else b"")
+
+    monkeypatch.setattr(runtimes, "runtime_bytes", upgraded)
+    monkeypatch.setattr(pack_module, "runtime_bytes", upgraded)
+    third = CliRunner().invoke(main, ["demo", "--top", "3"])
+    assert third.exit_code == 0 and "packing" in third.output, third.output
+    assert default_model.packed_path() != first_path and not first_path.exists()
+    assert b"upgrade" in default_model.packed_path().read_bytes()
+    assert [line for line in third.output.splitlines() if line.startswith("  0.")] == results
 
 
 def test_host_sessions_embed_as_the_model_does(minilm: dict[str, borda.Model]) -> None:

@@ -322,6 +322,8 @@ def demo(query: str, top: int) -> None:
     if not path.is_file():
         label = "packing all-MiniLM-L6-v2 into a .wasm model"
         pack_with_progress(default_model.source_dir(), path, "q8_0", label)
+        for stale in default_model.stale_packed("q8_0"):
+            stale.unlink(missing_ok=True)
     click.echo(f"model: {path}")
     corpus = read_lines(Path(str(resources.files("borda") / "data" / "corpus.txt")))
     start = time.perf_counter()

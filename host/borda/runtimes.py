@@ -34,3 +34,8 @@ def runtime_bytes(name: str) -> bytes:
     if hashlib.sha256(data).hexdigest() != sums[filename]:
         raise BordaError(f"{directory / filename} does not match SHA256SUMS: reinstall Borda")
     return data
+
+
+def runtime_digest(name: str) -> str:
+    """sha256 of runtime `name`: a model packed with other runtime bytes runs other code."""
+    return hashlib.sha256(runtime_bytes(name)).hexdigest()
