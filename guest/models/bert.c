@@ -84,7 +84,7 @@ typedef struct {
 
 typedef struct { /* everything below holds max_tokens tokens */
     float *x;        /* residual stream [T][dim] */
-    float *xb;       /* an embedding row or a block's output [T][dim] */
+    float *xb;       /* rows of the type and position embeddings [T][dim] */
     float *q, *k, *v;  /* [T][dim] = [T][n_heads][head_dim] */
     float *kt, *vt;    /* k, v of each sequence as [n_heads][len][head_dim] (its "KV cache") */
     float *att;        /* attention output [T][dim] */
