@@ -6,6 +6,10 @@ Borda Q8_0 and f32 beside transformers/torch fp32 (1 thread) and, when installed
 onnxruntime (1 thread), on the same token ids; printed as sentences/s and ratios. The
 runners take turns for REPEAT rounds and each reports its best, so that a drift of the
 machine hits all alike.
+
+A second line measures what a search index does: short texts (the bundled corpus,
+~14 tokens each) end to end, tokenization and mean pooling included, batches of 16,
+Borda Q8_0 beside transformers/torch.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from borda import default_model
 from borda.pack import pack
 
 BATCH, TOKENS, REPEAT = 16, 128, 5
+SHORT_TEXTS = 800
 
 
 def batch_ids(vocab: int) -> list[list[int]]:
@@ -52,6 +57,40 @@ def torch_runner(ids: list[list[int]]) -> Callable[[], object]:
     def run() -> None:
         with torch.no_grad():
             model(input_ids=tensor, attention_mask=torch.ones_like(tensor))
+
+    return run
+
+
+def short_texts() -> list[str]:
+    """The bundled corpus, repeated to SHORT_TEXTS lines."""
+    from importlib import resources
+
+    lines = (resources.files("borda") / "data" / "corpus.txt").read_text().splitlines()
+    lines = [line for line in lines if line.strip()]
+    return (lines * (SHORT_TEXTS // len(lines) + 1))[:SHORT_TEXTS]
+
+
+def borda_texts_runner(path: Path, texts: list[str]) -> Callable[[], object]:
+    model = borda.load(path)
+    return lambda: model.embed(texts, batch_size=BATCH)
+
+
+def torch_texts_runner(texts: list[str]) -> Callable[[], object]:
+    """sentence-transformers' recipe: tokenize a batch with padding, run, mean-pool."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(default_model.source_dir())
+    model = AutoModel.from_pretrained(default_model.source_dir()).eval()
+
+    def run() -> None:
+        for start in range(0, len(texts), BATCH):
+            batch = tokenizer(texts[start : start + BATCH], padding=True, return_tensors="pt")
+            with torch.no_grad():
+                hidden = model(**batch)[0]
+            mask = batch["attention_mask"].unsqueeze(-1)
+            torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1)
 
     return run
 
@@ -115,6 +154,8 @@ def main() -> None:
             runners["onnxruntime fp32"] = onnx_runner
         times = best_of(*runners.values(), repeat=REPEAT)
         rates = {name: BATCH / t for name, t in zip(runners, times, strict=True)}
+        texts = short_texts()
+        short = best_of(borda_texts_runner(q8, texts), torch_texts_runner(texts), repeat=3)
     onnx = rates.get("onnxruntime fp32")
     print(f"all-MiniLM-L6-v2, batch {BATCH} x {TOKENS} tokens, 1 thread")
     for name, rate in rates.items():
@@ -130,6 +171,10 @@ def main() -> None:
         )
     else:
         print("  onnxruntime: not installed (pip install '.[bench]' to compare)")
+    print(f"{SHORT_TEXTS} short texts end to end (tokenize, embed, mean-pool), batch {BATCH}")
+    print(f"  borda q8_0 {SHORT_TEXTS / short[0]:7.0f} texts/s")
+    print(f"  torch fp32 {SHORT_TEXTS / short[1]:7.0f} texts/s")
+    print(f"  ratio borda q8_0 / torch fp32: {short[1] / short[0]:.2f}x")
 
 
 if __name__ == "__main__":
