@@ -411,10 +411,10 @@ static inline void store_tile(const v128_t *facc, const float *bias, float *y, s
 }
 
 /* One tile, 8 rows (panels p0, p1) x 4 tokens (a), over nb blocks (nt and nr say which
- * results are stored, see store_tile). acc[i][t] is the i32x4 dot of block b (one lane per row of panel
- * i), started at -OFFSET_SUM * s so that it ends as I(r,t,b) exactly; facc[i][t]
- * accumulates the f32 results. One basic block per k-group (split_basic_block), per token
- * and pair of k-groups with two digits. */
+ * results are stored, see store_tile). acc[i][t] is the i32x4 dot of block b (one lane
+ * per row of panel i), started at -OFFSET_SUM * s so that it ends as I(r,t,b) exactly;
+ * facc[i][t] accumulates the f32 results. One basic block per k-group
+ * (split_basic_block), per token and pair of k-groups with two digits. */
 static inline __attribute__((always_inline)) void tile_8x4(const q8_panel_block *p0,
                                                            const q8_panel_block *p1, int nb,
                                                            const act_tile *a, const float *bias,

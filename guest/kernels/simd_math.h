@@ -108,12 +108,16 @@ static inline v128_t exp_f32x4(v128_t x) {
     /* 1 + r (1 + r q(r)), q by Estrin's scheme: a chain of 6 steps instead of
      * Horner's 7 x 2, with Horner's accuracy where the terms are largest */
     v128_t r2 = wasm_f32x4_mul(r, r), r4 = wasm_f32x4_mul(r2, r2);
-    v128_t q01 = wasm_f32x4_add(wasm_f32x4_splat(0.5f), wasm_f32x4_mul(r, wasm_f32x4_splat(1.0f / 6)));
-    v128_t q23 = wasm_f32x4_add(wasm_f32x4_splat(1.0f / 24), wasm_f32x4_mul(r, wasm_f32x4_splat(1.0f / 120)));
-    v128_t q45 = wasm_f32x4_add(wasm_f32x4_splat(1.0f / 720), wasm_f32x4_mul(r, wasm_f32x4_splat(1.0f / 5040)));
-    v128_t q = wasm_f32x4_add(wasm_f32x4_add(q01, wasm_f32x4_mul(q23, r2)), wasm_f32x4_mul(q45, r4));
-    v128_t p = wasm_f32x4_add(wasm_f32x4_mul(wasm_f32x4_add(wasm_f32x4_mul(q, r), wasm_f32x4_splat(1.0f)), r),
-                              wasm_f32x4_splat(1.0f));
+    v128_t q01 =
+        wasm_f32x4_add(wasm_f32x4_splat(0.5f), wasm_f32x4_mul(r, wasm_f32x4_splat(1.0f / 6)));
+    v128_t q23 = wasm_f32x4_add(wasm_f32x4_splat(1.0f / 24),
+                                wasm_f32x4_mul(r, wasm_f32x4_splat(1.0f / 120)));
+    v128_t q45 = wasm_f32x4_add(wasm_f32x4_splat(1.0f / 720),
+                                wasm_f32x4_mul(r, wasm_f32x4_splat(1.0f / 5040)));
+    v128_t q =
+        wasm_f32x4_add(wasm_f32x4_add(q01, wasm_f32x4_mul(q23, r2)), wasm_f32x4_mul(q45, r4));
+    v128_t qr1 = wasm_f32x4_add(wasm_f32x4_mul(q, r), wasm_f32x4_splat(1.0f));
+    v128_t p = wasm_f32x4_add(wasm_f32x4_mul(qr1, r), wasm_f32x4_splat(1.0f));
     v128_t ni = wasm_i32x4_sub(t, wasm_f32x4_splat(EXP_ROUNDER)); /* n in [-159, 129] */
     v128_t n1 = wasm_i32x4_shr(ni, 1);
     v128_t n2 = wasm_i32x4_sub(ni, n1);
