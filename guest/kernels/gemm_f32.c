@@ -61,9 +61,7 @@ static inline __attribute__((always_inline)) void tile_f32(const float *x, const
         for (int i = 0; i < NR; i++) {
             float s = sum[i];
             for (int jj = j; jj < k; jj++) s += x[(size_t)t * k + jj] * w[(size_t)i * k + jj];
-            if (bias) s += bias[i];
-            float *yi = y + (size_t)t * rows + i;
-            *yi = accumulate ? *yi + s : s;
+            gemm_store(y + (size_t)t * rows, bias, (size_t)i, s, accumulate);
         }
     }
 }
@@ -181,11 +179,8 @@ static __attribute__((noinline)) void tile_f32_8x4(const v128_t *p0, const v128_
     for (int i = 0; i < 2; i++)
         for (int t = 0; t < F32_NT; t++) wasm_v128_store(out[i][t], acc[i][t]);
     for (int t = 0; t < nt; t++)
-        for (int r = 0; r < nr; r++) {
-            float v = out[r / 4][t][r % 4], *yr = y + (size_t)t * rows + r;
-            if (bias) v += bias[r];
-            *yr = accumulate ? *yr + v : v;
-        }
+        for (int r = 0; r < nr; r++)
+            gemm_store(y + (size_t)t * rows, bias, (size_t)r, out[r / 4][t][r % 4], accumulate);
 }
 
 /* The first K chunk adds the bias (and y's values when accumulating), the others add

@@ -193,12 +193,6 @@ static inline __attribute__((always_inline)) void rows2_step(
                                                   wasm_v128_load(d + ro * nb + b), x, digits));
 }
 
-/* y[r] = v + bias[r], or y[r] += that when accumulating */
-static inline void store_row(float *y, const float *bias, size_t r, float v, int accumulate) {
-    if (bias) v += bias[r];
-    y[r] = accumulate ? y[r] + v : v;
-}
-
 /* Rows r and r + rows/2 together: two sequential streams through the matrix,
  * far apart, which the hardware prefetchers follow better than one; the pair
  * shares its activation loads. */
@@ -223,12 +217,12 @@ static inline __attribute__((always_inline)) void gemv_q8_0(const q8_matrix *w, 
             acc_b = wasm_f32x4_add(acc_b, row_tail(wt + half * k, ut, k, s + half * nb + nb4,
                                                    d + half * nb + nb4, xd + nb4, n, digits));
         }
-        store_row(y, bias, r, hsum_f32x4(acc_a), accumulate);
-        store_row(y, bias, r + half, hsum_f32x4(acc_b), accumulate);
+        gemm_store(y, bias, r, hsum_f32x4(acc_a), accumulate);
+        gemm_store(y, bias, r + half, hsum_f32x4(acc_b), accumulate);
     }
     if (w->rows % 2) {
         size_t r = (size_t)w->rows - 1;
-        store_row(y, bias, r,
+        gemm_store(y, bias, r,
                   row_dot(w->qs + r * k, w->s + r * nb, w->d + r * nb, xu, xd, nb, k, digits),
                   accumulate);
     }
@@ -402,10 +396,7 @@ static inline void store_tile(const v128_t *facc, const float *bias, float *y, s
         } else {
             float out[4];
             wasm_v128_store(out, facc[t]);
-            for (int i = 0; i < nr; i++) {
-                float v = bias ? out[i] + bias[i] : out[i];
-                yt[i] = accumulate ? yt[i] + v : v;
-            }
+            for (int i = 0; i < nr; i++) gemm_store(yt, bias, (size_t)i, out[i], accumulate);
         }
     }
 }
@@ -507,7 +498,7 @@ static void gemm_q8_0_tiled(const q8_matrix *w, const int8_t *xu, const float *x
     size_t k = (size_t)w->k, kb = k / QK8_0, rows = (size_t)w->rows;
     if (kb == 0)
         for (size_t t = 0; t < (size_t)n_tokens; t++)
-            for (size_t r = 0; r < rows; r++) store_row(y + t * rows, bias, r, 0.0f, accumulate);
+            for (size_t r = 0; r < rows; r++) gemm_store(y + t * rows, bias, r, 0.0f, accumulate);
     for (size_t b0 = 0; b0 < kb; b0 += GEMM_KCB) {
         int nb = kb - b0 < GEMM_KCB ? (int)(kb - b0) : GEMM_KCB;
         int first = b0 == 0;

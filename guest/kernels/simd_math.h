@@ -47,6 +47,13 @@ static inline __attribute__((always_inline)) void transpose4(v128_t x[4]) {
     x[3] = wasm_i64x2_shuffle(t2, t3, 1, 3);
 }
 
+/* A GEMM output (borda.h): y[r] = v + bias[r] (bias may be NULL), or y[r] += that
+ * when accumulating. */
+static inline void gemm_store(float *y, const float *bias, size_t r, float v, int accumulate) {
+    if (bias) v += bias[r];
+    y[r] = accumulate ? y[r] + v : v;
+}
+
 /* Sum of the 4 lanes. */
 static inline float hsum_f32x4(v128_t v) {
     v128_t t = wasm_f32x4_add(v, wasm_i32x4_shuffle(v, v, 2, 3, 0, 1));
