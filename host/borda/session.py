@@ -60,6 +60,8 @@ class Session(SandboxedSession):
         c = model.config
         per_position, scratch = kv_bytes_per_position(c), scratch_bytes(c)
         model_limit = c["max_position_embeddings"]
+        if max_context is not None and max_context < 1:
+            raise InvalidInput(f"max_context must be >= 1, got {max_context}")
         if memory_limit is None:
             if max_context is None:
                 max_context = min(model_limit, DEFAULT_CONTEXT)
@@ -68,16 +70,14 @@ class Session(SandboxedSession):
             private = parse_size(memory_limit)
             fits = (private - scratch) // per_position
             if max_context is None:
-                max_context = min(model_limit, fits)
-            if max_context < 1 or fits < max_context:
-                need = max(max_context, 1) * per_position + scratch
+                max_context = min(model_limit, max(fits, 1))
+            if fits < max_context:
+                need = max_context * per_position + scratch
                 raise SandboxMemoryLimit(
-                    f"a {max(max_context, 1)}-token context needs about {need / 2**20:.1f} MiB "
+                    f"a {max_context}-token context needs about {need / 2**20:.1f} MiB "
                     f"of private memory (KV cache and scratch) but the budget is "
                     f"{private / 2**20:.1f} MiB; raise memory_limit or lower max_context"
                 )
-        if max_context < 1:
-            raise InvalidInput(f"max_context must be >= 1, got {max_context}")
         self.max_context = max_context
         self._box = model.open_sandbox(private, timeout, deterministic)
         self._box.invoke_packed("init", self._init_request())
