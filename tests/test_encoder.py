@@ -245,6 +245,12 @@ def test_cli_rejects_bad_input_in_one_line(minilm: dict[str, borda.Model], tmp_p
         (["embed", encoder, "x", "--format", "npy"], "-o"),
         (["search", encoder, "-q", "x", "--file", str(good), "--top", "0"], "--top must be >= 1"),
         (["search", encoder, "-q", "x", "--file", str(good), "--top", "-3"], "--top must be >= 1"),
+        # click's own usage errors: one line too, naming what to fix and where the help is
+        (["embed", encoder, "--file", str(tmp_path / "missing.txt")], "does not exist"),
+        (["search", encoder, "--file", str(good)], "Missing option '-q' / '--query'"),
+        (["search", encoder, "-q", "x", "--file", str(good), "--top", "many"], "'many'"),
+        (["embed"], "embed --help"),
+        (["frobnicate"], "No such command 'frobnicate'"),
     ]
     for args, needle in cases:
         result = CliRunner().invoke(main, args)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,7 +33,41 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group()
+class OneLineError(click.ClickException):
+    """A click usage error (a missing argument, a file that does not exist, a bad
+    option value) shown like every other user error: one line, status 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"borda: {self.format_message()}", err=True)
+
+
+class Commands(click.Group):
+    """The verbs, with click's own usage errors on one line too."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with one_line_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with one_line_errors():
+            return super().invoke(ctx)
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    try:
+        yield
+    except (OneLineError, click.exceptions.NoArgsIsHelpError):  # `borda` alone: the help
+        raise
+    except click.ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        raise OneLineError(f"{exc.format_message()}{hint}") from None
+
+
+@click.group(cls=Commands)
 @click.version_option(package_name="borda")
 def main() -> None:
     """Borda runs small language models inside WebAssembly sandboxes."""
