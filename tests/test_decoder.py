@@ -216,6 +216,17 @@ def test_context_and_token_counts_are_checked(hf_model: tuple[str, Path]) -> Non
         list(model.session().generate(PROMPT, max_tokens=-1))
 
 
+def test_prompts_that_are_not_text_are_refused(hf_model: tuple[str, Path]) -> None:
+    session = borda.load(packed(hf_model[1], "q8_0")).session()
+    for prompt, message in (
+        (b"caf\xe9".decode("utf-8", "surrogateescape"), "not valid Unicode.*character 3"),
+        (5, "string or a list of chat messages, not int"),
+        ([("user", "hi")], "chat message 0 is not a dict but tuple"),
+    ):
+        with pytest.raises(borda.InvalidInput, match=message):
+            session.generate(prompt, max_tokens=1, stream=False)  # type: ignore[arg-type]
+
+
 def test_memory_budget_bounds_the_context(hf_model: tuple[str, Path]) -> None:
     model = borda.load(packed(hf_model[1], "q8_0"))
     per_position = kv_bytes_per_position(model.config)

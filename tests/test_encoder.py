@@ -134,6 +134,12 @@ def test_any_iterable_of_strings_embeds_and_other_items_are_refused(
     np.testing.assert_array_equal(minilm["q8_0"].embed(t for t in texts), listed)
     with pytest.raises(borda.InvalidInput, match="text 1 is not a string but bytes"):
         minilm["q8_0"].embed(["fine", b"bytes"])
+    for texts, kind in ((None, "NoneType"), (b"bytes", "bytes"), (5, "int")):
+        with pytest.raises(borda.InvalidInput, match=f"iterable of strings, not {kind}"):
+            minilm["q8_0"].embed(texts)  # type: ignore[arg-type]
+    # a str that is not Unicode: bytes decoded with errors="surrogateescape"
+    with pytest.raises(borda.InvalidInput, match=r"text 0 is not valid Unicode.*character 3"):
+        minilm["q8_0"].embed([b"caf\xe9 latte".decode("utf-8", "surrogateescape")])
 
 
 def test_truncation_can_be_refused(minilm: dict[str, borda.Model]) -> None:

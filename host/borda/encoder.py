@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import InvalidInput, SandboxMemoryLimit
 from .sandbox import SandboxedSession, parse_size
+from .tokenizer import checked_text
 
 if TYPE_CHECKING:
     from .model import Model
@@ -76,9 +77,7 @@ class EncoderSession(SandboxedSession):
     def tokenize(self, texts: Sequence[str], truncate: bool = True) -> list[list[int]]:
         """Token ids with the model's special tokens, truncated at its max length or rejected."""
         for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise InvalidInput(f"text {i} is not a string but {type(text).__name__}")
-            if not text.strip():
+            if not checked_text(text, f"text {i}").strip():
                 raise InvalidInput(f"text {i} is empty; there is nothing to embed")
         self._tokenizer.no_truncation()
         encodings = self._tokenizer.encode_batch(list(texts))
@@ -124,7 +123,14 @@ class EncoderSession(SandboxedSession):
     ) -> Generator[None, None, np.ndarray]:
         """embed one batch at a time (a scheduler interleaves sessions between batches);
         returns the embeddings."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        if isinstance(texts, str):
+            texts = [texts]
+        elif isinstance(texts, Iterable) and not isinstance(texts, bytes | bytearray):
+            texts = list(texts)
+        else:
+            raise InvalidInput(
+                f"texts must be a string or an iterable of strings, not {type(texts).__name__}"
+            )
         if len(texts) == 0:
             raise InvalidInput("no texts to embed: pass at least one string")
         if batch_size < 1:

@@ -7,7 +7,7 @@ for piece in session.generate("Once upon a time", max_tokens=32):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,7 +16,7 @@ from .errors import ContextOverflow, InvalidInput, SandboxMemoryLimit
 from .ropefreq import rope_inv_freq
 from .sampling import Sampler, SamplingParams
 from .sandbox import SandboxedSession, parse_size
-from .tokenizer import StreamDecoder
+from .tokenizer import StreamDecoder, checked_text
 
 if TYPE_CHECKING:
     from .model import Model
@@ -153,7 +153,15 @@ class Session(SandboxedSession):
         from .formats.chat import render_chat
 
         if isinstance(prompt, str):
-            return list(self.model.tokenizer.encode(prompt).ids)
+            return list(self.model.tokenizer.encode(checked_text(prompt, "the prompt")).ids)
+        if not isinstance(prompt, list):
+            raise InvalidInput(
+                f"the prompt must be a string or a list of chat messages, "
+                f"not {type(prompt).__name__}"
+            )
+        for i, message in enumerate(prompt):
+            if not isinstance(message, Mapping):
+                raise InvalidInput(f"chat message {i} is not a dict but {type(message).__name__}")
         template = self.model.meta.get("chat_template")
         if not template:
             raise InvalidInput(f"{self.model.path.name} has no chat template; pass a plain prompt")
@@ -165,6 +173,7 @@ class Session(SandboxedSession):
             bos_token=special.get("bos", ""),
             eos_token=special.get("eos", ""),
         )
+        text = checked_text(text, "the rendered chat")
         return list(self.model.tokenizer.encode(text, add_special_tokens=False).ids)
 
     def generate(

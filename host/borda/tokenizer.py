@@ -4,6 +4,23 @@ from __future__ import annotations
 
 from tokenizers import Tokenizer
 
+from .errors import InvalidInput
+
+
+def checked_text(text: object, what: str) -> str:
+    """text, if a tokenizer can take it: a str that encodes as UTF-8 (no lone surrogate,
+    as str(bytes) decoded with "surrogateescape" may hold)."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"{what} is not a string but {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(
+            f"{what} is not valid Unicode: a lone surrogate {text[exc.start]!r} at "
+            f"character {exc.start}; decode the bytes with errors='replace'"
+        ) from None
+    return text
+
 
 class StreamDecoder:
     """Turns token ids into text pieces as they arrive; never splits a UTF-8 character.
