@@ -312,8 +312,12 @@ def embed(
 
 
 def ranked(model: Any, query: str, corpus: list[str], top: int) -> list[tuple[float, str]]:
+    from .tokenizer import checked_text
+
     if top < 1:
         raise InvalidInput(f"--top must be >= 1, got {top}")
+    if not checked_text(query, "the query").strip():
+        raise InvalidInput("the query is empty: give --query something to look for")
     vectors = model.embed([query, *corpus], normalize=True)
     scores = vectors[1:] @ vectors[0]
     order = np.argsort(-scores, kind="stable")[:top]
