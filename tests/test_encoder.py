@@ -214,6 +214,15 @@ def test_cli_embed_json_and_npy(minilm: dict[str, borda.Model], tmp_path: Path) 
         main, ["embed", str(path), "hello", "--format", "npy", "-o", str(out)]
     )
     assert result.exit_code == 0 and np.load(out).shape == (1, 384)
+    # written at exactly the given name (np.save alone would add .npy), with no temp file left
+    for fmt, name in (("npy", "v.bin"), ("json", "v.json")):
+        result = CliRunner().invoke(
+            main, ["embed", str(path), "hello", "--format", fmt, "-o", str(tmp_path / name)]
+        )
+        assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "v.bin").shape == (1, 384)
+    assert len(json.loads((tmp_path / "v.json").read_text())) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.bin", "v.json", "v.npy"]
 
 
 def test_cli_search_ranks_the_relevant_line_first(

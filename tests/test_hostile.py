@@ -17,9 +17,11 @@ from pathlib import Path
 import msgpack
 import pytest
 import wasmtime
+from click.testing import CliRunner
 
 import borda
 from borda import Host, Quota
+from borda.cli import main
 
 ATTACKER = Quota(memory_per_session="32M", call_timeout=0.5, request_timeout=1.0)
 PROMPT = "the quick brown fox jumps over a lazy dog"
@@ -62,6 +64,15 @@ def answer(result: dict[str, int]) -> tuple[bytes, dict[str, int]]:
     marks = {key: 0x50 + i for i, key in enumerate(result)}
     packed = msgpack.packb({"ok": True, "result": marks})
     return packed, {key: packed.index(bytes([mark])) for key, mark in marks.items()}
+
+
+def returns_tensor_named(name: str) -> bytes:
+    """A guest whose response carries one 1-float tensor called `name`."""
+    tensor = {"dtype": "f32", "shape": [1], "data": bytes(4)}
+    response = msgpack.packb({"ok": True, "result": {}, "tensors": {name: tensor}})
+    return abi_module(
+        response_at(256, len(response)), extra=f'(data (i32.const 256) "{wat_bytes(response)}")'
+    )
 
 
 def wasi_open(path: str) -> bytes:
@@ -191,6 +202,10 @@ CATALOGUE = {
         borda.GuestABIError,
         "msgpack",
     ),
+    # `borda run --output-dir` saves each output as NAME.npy
+    "tensor name with a path in it": Attack(
+        returns_tensor_named("../../escape"), borda.GuestABIError, "tensor named '../../escape'"
+    ),
     # no preopened directory exists, so there is no fd to open anything relative to
     "WASI: absolute-path open": Attack(wasi_open("/etc/passwd"), result={"errno": EBADF}),
     "WASI: '..' open": Attack(wasi_open("../../../etc/passwd"), result={"errno": EBADF}),
@@ -302,3 +317,13 @@ def test_bystanders_were_untouched_and_the_host_survived(
         name: t["errors"] for name, t in host.stats()["tenants"].items() if name.startswith("att")
     }
     assert sum(sum(kinds.values()) for kinds in errors.values()) >= 10
+
+
+def test_cli_saves_no_output_under_a_name_with_a_path(tmp_path: Path) -> None:
+    module = tmp_path / "evil.wasm"
+    module.write_bytes(returns_tensor_named("../escape"))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(module), "--fn", "f", "--output-dir", str(out)])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and "tensor named '../escape'" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.wasm"]

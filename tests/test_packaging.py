@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from borda import modcache
+from borda.atomicfile import atomic_write
 from borda.runtimes import runtime_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,3 +110,15 @@ class _Spy:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._real, name)
+
+
+def test_atomic_write_replaces_whole_or_leaves_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_write(target) as f:
+        f.write(b"half")
+        raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+    with atomic_write(target) as f:
+        f.write(b"new")
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]

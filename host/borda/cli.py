@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 import numpy as np
 
+from .atomicfile import atomic_write
 from .errors import BordaError, InvalidInput
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -212,7 +213,7 @@ def call_module(
             click.echo(np.array2string(array, threshold=64))
             continue
         output_dir.mkdir(parents=True, exist_ok=True)
-        np.save(output_dir / f"{key}.npy", array)
+        save_npy(output_dir / f"{key}.npy", array)  # key: a plain name (guestmem.TENSOR_NAME)
         click.echo(f"wrote {output_dir / f'{key}.npy'} ({array.dtype} {array.shape})")
 
 
@@ -302,13 +303,20 @@ def embed(
     if fmt == "npy":
         if output is None:
             raise InvalidInput("--format npy writes binary: give an output file with -o")
-        np.save(output, vectors)
+        save_npy(output, vectors)
         return
     text = json.dumps([[round(float(v), 7) for v in row] for row in vectors])
     if output:
-        output.write_text(text + "\n")
+        with atomic_write(output, "w") as f:
+            f.write(text + "\n")
     else:
         click.echo(text)
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """array as .npy at exactly path (np.save would append .npy to other names), whole."""
+    with atomic_write(path) as f:
+        np.save(f, array, allow_pickle=False)
 
 
 def ranked(model: Any, query: str, corpus: list[str], top: int) -> list[tuple[float, str]]:

@@ -138,6 +138,26 @@ def tensor_message(array: np.ndarray) -> dict[str, Any]:
     return {"dtype": name, "shape": list(array.shape), "data": array.tobytes()}
 
 
+# A tensor name a guest may return: also a safe file name (`borda run --output-dir`
+# saves NAME.npy), so no path separators and no leading dot.
+TENSOR_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def read_tensors(message: Any, memory: GuestMemory) -> dict[str, np.ndarray]:
+    """Decode a guest response's "tensors" map, names and tensors validated."""
+    if not isinstance(message, dict):
+        raise GuestABIError("'tensors' in the guest response is not a map")
+    tensors = {}
+    for name, tensor in message.items():
+        if not isinstance(name, str) or not TENSOR_NAME.fullmatch(name):
+            raise GuestABIError(
+                f"the guest returned a tensor named {name!r}: a name is 1 to 128 letters, "
+                "digits, '_', '.' or '-', and starts with a letter, digit or '_'"
+            )
+        tensors[name] = read_tensor(tensor, memory, name)
+    return tensors
+
+
 def read_tensor(message: Any, memory: GuestMemory, name: str) -> np.ndarray:
     """Decode a guest's tensor, inline ("data") or by reference ("ptr"), after validating it."""
     if not isinstance(message, dict):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,6 +29,7 @@ import numpy as np
 import wasmtime
 
 from . import modcache
+from .atomicfile import atomic_write
 from .encoder import EncoderSession
 from .errors import (
     BordaError,
@@ -349,10 +349,8 @@ class Host:
         self._published = time.monotonic()
         try:
             self.stats_file.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.stats_file.parent, prefix=".tmp-")
-            with os.fdopen(fd, "w") as f:
+            with atomic_write(self.stats_file, "w") as f:
                 json.dump(self.stats(), f)
-            os.replace(tmp, self.stats_file)
         except OSError:
             return  # stats are best effort; serving is not
 

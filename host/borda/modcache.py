@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import tempfile
 import threading
 from collections.abc import Callable
 from importlib.metadata import version
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import wasmtime
 
+from .atomicfile import atomic_write
 from .engine import EngineConfig, get_engine
 from .errors import GuestABIError
 
@@ -115,10 +115,8 @@ def _write_artifact(path: Path, payload: bytes) -> None:
             (path, payload),
             (path.with_suffix(".sha256"), hashlib.sha256(payload).hexdigest().encode()),
         ):
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
+            with atomic_write(target) as f:
                 f.write(data)
-            os.replace(tmp, target)
     except OSError:
         return
 

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import numpy as np
 
 from . import quant, wasmfile
+from .atomicfile import atomic_write
 from .errors import InvalidInput, UnsupportedModel
 from .formats import read_model
 from .formats.spec import EncoderConfig, ModelSpec, TensorRef
@@ -173,21 +172,15 @@ def write_model(
         spec, quant_name, runtime, hashlib.sha256(code).hexdigest(), layout, weights_end
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_sections(f, sections, spec, layout, base, pages, progress)
-            body = wasmfile.custom_payload(METADATA_SECTION, msgpack_pack(meta))
-            f.write(wasmfile.section_bytes(wasmfile.CUSTOM, len(body)) + body)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(out) as f:
+        _write_sections(f, sections, spec, layout, base, pages, progress)
+        body = wasmfile.custom_payload(METADATA_SECTION, msgpack_pack(meta))
+        f.write(wasmfile.section_bytes(wasmfile.CUSTOM, len(body)) + body)
     return meta
 
 
 def _write_sections(
-    f: BinaryIO,
+    f: IO[bytes],
     sections: list[wasmfile.Section],
     spec: ModelSpec,
     layout: list[TensorLayout],
@@ -218,7 +211,7 @@ def _write_sections(
 
 
 def _stream_weights(
-    f: BinaryIO, spec: ModelSpec, layout: list[TensorLayout], base: int, progress: Progress | None
+    f: IO[bytes], spec: ModelSpec, layout: list[TensorLayout], base: int, progress: Progress | None
 ) -> None:
     position = base
     for item in layout:

@@ -26,7 +26,7 @@ from .errors import (
     SandboxMemoryLimit,
     SandboxTimeout,
 )
-from .guestmem import GuestMemory, pack, read_tensor, tensor_message, unpack
+from .guestmem import GuestMemory, pack, read_tensors, tensor_message, unpack
 from .modcache import load_module
 from .wasi import GuestOutput, attach_wasi, check_imports, wasi_linker
 
@@ -175,9 +175,7 @@ class Sandbox:
             self.memory.write(ptr, request)
             packed = int(self.call("borda_invoke", ptr, len(request)))
             response = self._read_response(fn, packed)
-            out = {
-                k: read_tensor(v, self.memory, k) for k, v in response.get("tensors", {}).items()
-            }
+            out = read_tensors(response.get("tensors", {}), self.memory)
         finally:
             if not self._broken:
                 self.reset()
