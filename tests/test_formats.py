@@ -574,9 +574,18 @@ def test_unsupported_hf_architecture_is_named(hf_copy: Path) -> None:
     cfg["architectures"] = ["GPT2LMHeadModel"]
     (hf_copy / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(
-        UnsupportedModel, match=r"'GPT2LMHeadModel' is not supported.*Qwen2ForCausalLM"
+        UnsupportedModel, match=r"'GPT2LMHeadModel' is not supported.*Qwen2ForCausalLM.*BertModel"
     ):
         read_model(hf_copy)
+
+
+def test_a_config_without_an_architecture_is_not_taken_for_a_model(tmp_path: Path) -> None:
+    # e.g. a sentence-transformers model's 1_Pooling/ directory, given instead of the model's
+    pooling = tmp_path / "1_Pooling"
+    pooling.mkdir()
+    (pooling / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    with pytest.raises(ModelFormatError, match=r"names no model architecture.*own directory"):
+        read_model(pooling)
 
 
 def test_missing_tokenizer_is_reported(hf_copy: Path) -> None:

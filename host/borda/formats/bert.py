@@ -10,9 +10,7 @@ from typing import Any
 
 from ..errors import ModelFormatError, UnsupportedModel
 from .hf import load_json, read_safetensors_header, sha256_files, st_loader, weight_files
-from .spec import EncoderConfig, ModelSpec, TensorRef
-
-ENCODER_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining")
+from .spec import ENCODER_ARCHITECTURES, EncoderConfig, ModelSpec, TensorRef
 
 _GLOBAL = {
     "embeddings.word_embeddings.weight": "token_embd.weight",

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedModel
-from .spec import DecoderConfig, ModelSpec, TensorRef
+from .spec import ENCODER_ARCHITECTURES, DecoderConfig, ModelSpec, TensorRef
 
 # architectures -> DecoderConfig.arch
 SUPPORTED_ARCHITECTURES = {
@@ -361,15 +361,21 @@ def _rope(cfg: Mapping[str, Any], path: Path) -> tuple[float, dict[str, Any] | N
 
 
 def _architecture(root: Path, cfg: Mapping[str, Any]) -> str:
-    """The supported architecture named by config.json, else UnsupportedModel."""
+    """The supported decoder architecture named by config.json, else UnsupportedModel."""
     archs = cfg.get("architectures") or [_MODEL_TYPES.get(str(cfg.get("model_type")), "")]
     name = str(archs[0]) if isinstance(archs, list) and archs else str(archs)
-    if name not in SUPPORTED_ARCHITECTURES:
-        raise UnsupportedModel(
-            f"{root}: architecture {name or cfg.get('model_type')!r} is not supported; "
-            f"Borda runs {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
+    if name in SUPPORTED_ARCHITECTURES:
+        return name
+    if not name and cfg.get("model_type") is None:
+        raise ModelFormatError(
+            f"{root}: config.json names no model architecture ('architectures' or "
+            "'model_type'); pass the model's own directory, the one with its weights"
         )
-    return name
+    raise UnsupportedModel(
+        f"{root}: architecture {name or cfg.get('model_type')!r} is not supported; Borda runs "
+        f"the decoders {', '.join(sorted(SUPPORTED_ARCHITECTURES))} and the encoders "
+        f"{', '.join(ENCODER_ARCHITECTURES)}"
+    )
 
 
 def read_hf_config(root: Path, has_lm_head: bool = False) -> tuple[DecoderConfig, str]:

@@ -17,6 +17,9 @@ import numpy as np
 # dtype of a tensor as stored in its source: how `load()` returns it
 SOURCE_DTYPES = ("f32", "f16", "bf16", "q8_0")
 
+# config.json `architectures` of the Hugging Face encoders Borda packs (bert.py)
+ENCODER_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining")
+
 
 @dataclass(frozen=True)
 class TensorRef:
