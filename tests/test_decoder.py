@@ -210,10 +210,27 @@ def test_prompt_longer_than_the_context_is_a_context_overflow(hf_model: tuple[st
 
 def test_context_and_token_counts_are_checked(hf_model: tuple[str, Path]) -> None:
     model = borda.load(packed(hf_model[1], "q8_0"))
-    with pytest.raises(borda.InvalidInput, match="max_context must be >= 1, got 0"):
+    with pytest.raises(borda.InvalidInput, match="max_context must be a whole number >= 1, got 0"):
         model.session(max_context=0)
-    with pytest.raises(borda.InvalidInput, match="max_tokens must be >= 0, got -1"):
+    with pytest.raises(borda.InvalidInput, match="max_tokens must be a whole number >= 0, got -1"):
         list(model.session().generate(PROMPT, max_tokens=-1))
+    session = model.session()
+    for options, message in (
+        ({"max_tokens": 2.5}, "max_tokens must be a whole number >= 0, got 2.5"),
+        ({"max_tokens": "8"}, "max_tokens must be a whole number >= 0, got '8'"),
+        ({"temperature": "hot"}, "temperature must be a number >= 0, got 'hot'"),
+        ({"temperature": float("nan")}, "temperature must be a number >= 0, got nan"),
+        ({"top_k": 1.5}, "top_k must be a whole number >= 0, got 1.5"),
+        ({"top_p": 0}, r"top_p must be a number in \(0, 1\], got 0"),
+        ({"seed": -1}, "seed must be a whole number >= 0, got -1"),
+        ({"stream": "no"}, "stream must be True or False, got 'no'"),
+    ):
+        with pytest.raises(borda.InvalidInput, match=message):
+            list(session.generate(PROMPT, **options))
+    with pytest.raises(borda.InvalidInput, match="max_context must be a whole number"):
+        model.session(max_context=True)
+    with pytest.raises(borda.InvalidInput, match="deterministic must be True or False"):
+        model.session(deterministic="yes")
 
 
 def test_prompts_that_are_not_text_are_refused(hf_model: tuple[str, Path]) -> None:

@@ -136,7 +136,7 @@ def test_any_iterable_of_strings_embeds_and_other_items_are_refused(
         minilm["q8_0"].embed(["fine", b"bytes"])
     for texts, kind in ((None, "NoneType"), (b"bytes", "bytes"), (5, "int")):
         with pytest.raises(borda.InvalidInput, match=f"iterable of strings, not {kind}"):
-            minilm["q8_0"].embed(texts)  # type: ignore[arg-type]
+            minilm["q8_0"].embed(texts)
     # a str that is not Unicode: bytes decoded with errors="surrogateescape"
     with pytest.raises(borda.InvalidInput, match=r"text 0 is not valid Unicode.*character 3"):
         minilm["q8_0"].embed([b"caf\xe9 latte".decode("utf-8", "surrogateescape")])
@@ -147,6 +147,27 @@ def test_truncation_can_be_refused(minilm: dict[str, borda.Model]) -> None:
     with pytest.raises(borda.InvalidInput, match="truncate=True"):
         minilm["q8_0"].embed([long], truncate=False)
     assert minilm["q8_0"].embed([long]).shape == (1, 384)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be a whole number >= 1, got 0"),
+        ({"batch_size": 2.5}, "batch_size must be a whole number >= 1, got 2.5"),
+        ({"batch_size": "4"}, "batch_size must be a whole number >= 1, got '4'"),
+        ({"normalize": "no"}, "normalize must be True or False, got 'no'"),
+        ({"truncate": None}, "truncate must be True or False, got None"),
+    ],
+)
+def test_embed_options_name_what_is_wrong(
+    minilm: dict[str, borda.Model], options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(borda.InvalidInput, match=message):
+        minilm["q8_0"].embed(["fine"], **options)
+    assert minilm["q8_0"].embed(["fine"], batch_size=np.int64(2), normalize=np.True_).shape == (
+        1,
+        384,
+    )
 
 
 @pytest.mark.parametrize("texts", [[], [""], ["fine", "   "]])

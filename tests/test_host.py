@@ -112,6 +112,30 @@ def assert_others_served(host: Host) -> None:
     session.close()
 
 
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Quota(max_sessions=0), "Quota.max_sessions must be a whole number >= 1, got 0"),
+        (lambda: Quota(max_tokens=2.5), "Quota.max_tokens must be a whole number >= 1, got 2.5"),
+        (
+            lambda: Quota(call_timeout="10"),
+            "Quota.call_timeout must be a positive number, got '10'",
+        ),
+        (
+            lambda: Quota(request_timeout=-1),
+            "Quota.request_timeout must be a positive number, got -1",
+        ),
+        (lambda: Quota(memory_per_session=1.5), "a size must be a whole number >= 0, got 1.5"),
+        (lambda: Quota(max_module_bytes="lots"), "cannot read 'lots' as a size"),
+        (lambda: Host(workers=0), "workers must be a whole number >= 1, got 0"),
+        (lambda: Host(time_slice="0.2"), "time_slice must be seconds >= 0, got '0.2'"),
+    ],
+)
+def test_quotas_and_host_options_name_what_is_wrong(make: Any, message: str) -> None:
+    with pytest.raises(borda.InvalidInput, match=message):
+        make()
+
+
 def test_max_sessions(host: Host) -> None:
     host.add_tenant("a", Quota(max_sessions=2))
     kept = [host.session("a", "llama") for _ in range(2)]

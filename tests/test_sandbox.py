@@ -46,6 +46,22 @@ def test_infinite_loop_in_start_function_times_out_during_instantiation() -> Non
     assert_fresh_sandbox_works()
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"memory_bytes": "1G"}, "memory_bytes must be a whole number >= 0, got '1G'"),
+        ({"memory_bytes": 1 << 40}, "a memory limit must be between 64 KiB and 4 GiB"),
+        ({"timeout": "30"}, "timeout must be positive seconds or None, got '30'"),
+        ({"timeout": 0}, "timeout must be positive seconds or None, got 0"),
+        ({"table_elements": -1}, "table_elements must be a whole number >= 0, got -1"),
+        ({"max_output_bytes": 1.5}, "max_output_bytes must be a whole number >= 0, got 1.5"),
+    ],
+)
+def test_limits_name_what_is_wrong(options: dict[str, object], message: str) -> None:
+    with pytest.raises(borda.InvalidInput, match=message):
+        Limits(**options)
+
+
 def test_memory_grow_bomb_hits_the_memory_limit() -> None:
     box = Sandbox(guest_wasm("grow_bomb"), Limits(memory_bytes=8 << 20, timeout=DEADLINE))
     with pytest.raises(borda.SandboxMemoryLimit, match=r"8\.0 MiB"):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .checks import flag, whole_number
 from .errors import InvalidInput, SandboxMemoryLimit
 from .sandbox import SandboxedSession, parse_size
 from .tokenizer import checked_text
@@ -133,9 +134,10 @@ class EncoderSession(SandboxedSession):
             )
         if len(texts) == 0:
             raise InvalidInput("no texts to embed: pass at least one string")
-        if batch_size < 1:
-            raise InvalidInput(f"batch_size must be >= 1, got {batch_size}")
-        ids = self.tokenize(texts, truncate)
+        batch_size = whole_number("batch_size", batch_size, 1)
+        if normalize is not None:
+            normalize = flag("normalize", normalize)
+        ids = self.tokenize(texts, flag("truncate", truncate))
         pooled = []
         for start in range(0, len(ids), batch_size):
             if start:

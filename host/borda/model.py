@@ -18,6 +18,7 @@ import wasmtime
 from tokenizers import Tokenizer
 
 from . import modcache, wasmfile
+from .checks import flag
 from .encoder import EncoderSession
 from .engine import EngineConfig
 from .errors import InvalidInput, ModelFormatError
@@ -160,6 +161,7 @@ class Model:
         and weights, shared between sessions): KV cache and scratch. Without max_context
         a decoder's context is as long as that budget allows (up to the model's limit).
         """
+        deterministic = flag("deterministic", deterministic)
         if self.is_encoder:
             return EncoderSession(self, memory_limit, timeout, deterministic)
         return Session(self, max_context, memory_limit, timeout, deterministic)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InvalidInput
+from .checks import number, whole_number
 
 
 @dataclass(frozen=True)
@@ -21,14 +21,12 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise InvalidInput(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise InvalidInput(f"top_k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise InvalidInput(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise InvalidInput(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        number("temperature", self.temperature, "a number >= 0", lambda v: v >= 0)
+        whole_number("top_k", self.top_k, 0)
+        number("top_p", self.top_p, "a number in (0, 1]", lambda v: 0 < v <= 1)
+        number("repetition_penalty", self.repetition_penalty, "a number > 0", lambda v: v > 0)
+        if self.seed is not None:
+            whole_number("seed", self.seed, 0)
 
 
 class Sampler:

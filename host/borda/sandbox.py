@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import wasmtime
 
+from .checks import number, whole_number
 from .engine import EPOCH_TICK, EngineConfig, get_engine
 from .errors import (
     BordaError,
@@ -58,20 +59,21 @@ class Limits:
     max_output_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
-        if not PAGE <= self.memory_bytes <= WASM32_MAX_MEMORY:
+        if not PAGE <= whole_number("memory_bytes", self.memory_bytes, 0) <= WASM32_MAX_MEMORY:
             raise InvalidInput(
                 f"a memory limit must be between 64 KiB and 4 GiB, got {self.memory_bytes} bytes"
             )
-        if self.timeout is not None and not self.timeout > 0:
-            raise InvalidInput(f"a timeout must be positive seconds or None, got {self.timeout}")
-        if self.max_output_bytes < 0:
-            raise InvalidInput(f"max_output_bytes must be >= 0, got {self.max_output_bytes}")
+        if self.timeout is not None:
+            number("timeout", self.timeout, "positive seconds or None", lambda v: v > 0)
+        whole_number("table_elements", self.table_elements, 0)
+        whole_number("max_response_bytes", self.max_response_bytes, 0)
+        whole_number("max_output_bytes", self.max_output_bytes, 0)
 
 
 def parse_size(size: int | str) -> int:
     """Bytes from an int or a string such as '512M', '2G', '64KiB'."""
-    if isinstance(size, int):
-        return size
+    if not isinstance(size, str):
+        return whole_number("a size", size, 0)
     text = size.strip().upper().removesuffix("B").removesuffix("I")
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     try:

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
+from .checks import number, whole_number
 from .errors import BordaError, QuotaExceeded, RequestCancelled
 
 Steps = Generator[Any, None, Any]
@@ -129,9 +130,9 @@ class Scheduler:
     def __init__(
         self, workers: int | None = None, max_pending: int = 4096, time_slice: float = 0.2
     ) -> None:
-        self.workers = workers or default_workers()
-        self.max_pending = max_pending
-        self.time_slice = time_slice
+        self.workers = default_workers() if workers is None else whole_number("workers", workers, 1)
+        self.max_pending = whole_number("max_pending", max_pending, 1)
+        self.time_slice = number("time_slice", time_slice, "seconds >= 0", lambda v: v >= 0)
         self._queues: dict[str, deque[Request]] = {}  # per tenant: requests ready to step
         self._turns: deque[str] = deque()  # tenants with a ready request, in turn order
         self._live: set[Request] = set()  # submitted and not finished

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .checks import flag, whole_number
 from .errors import ContextOverflow, InvalidInput, SandboxMemoryLimit
 from .ropefreq import rope_inv_freq
 from .sampling import Sampler, SamplingParams
@@ -60,8 +61,8 @@ class Session(SandboxedSession):
         c = model.config
         per_position, scratch = kv_bytes_per_position(c), scratch_bytes(c)
         model_limit = c["max_position_embeddings"]
-        if max_context is not None and max_context < 1:
-            raise InvalidInput(f"max_context must be >= 1, got {max_context}")
+        if max_context is not None:
+            max_context = whole_number("max_context", max_context, 1)
         if memory_limit is None:
             if max_context is None:
                 max_context = min(model_limit, DEFAULT_CONTEXT)
@@ -189,6 +190,7 @@ class Session(SandboxedSession):
         stream: bool = True,
     ) -> Iterator[str] | str:
         """Continue a prompt (or chat messages). stream=True yields text pieces as they come."""
+        stream = flag("stream", stream)
         pieces = self._generate(
             prompt,
             max_tokens,
@@ -217,8 +219,7 @@ class Session(SandboxedSession):
     ) -> Iterator[int | None]:
         """generate_ids one model call at a time: None after each prefill chunk, then each
         new id. A scheduler interleaves sessions at these boundaries."""
-        if max_tokens < 0:
-            raise InvalidInput(f"max_tokens must be >= 0, got {max_tokens}")
+        max_tokens = whole_number("max_tokens", max_tokens, 0)
         self.reset()
         sampler = Sampler(params or SamplingParams())
         eos = set(self.model.config.get("eos_token_ids") or ()) if stop_at_eos else set()

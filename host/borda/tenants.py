@@ -13,7 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidInput, QuotaExceeded
+from .checks import number, whole_number
+from .errors import QuotaExceeded
 from .sandbox import parse_size
 
 
@@ -47,11 +48,9 @@ class Quota:
         object.__setattr__(self, "memory_per_session", parse_size(self.memory_per_session))
         object.__setattr__(self, "max_module_bytes", parse_size(self.max_module_bytes))
         for name in ("call_timeout", "request_timeout", "requests_per_second"):
-            if not getattr(self, name) > 0:
-                raise InvalidInput(f"Quota.{name} must be positive, got {getattr(self, name)}")
+            number(f"Quota.{name}", getattr(self, name), "a positive number", lambda v: v > 0)
         for name in ("max_sessions", "max_tokens", "burst", "max_queued"):
-            if getattr(self, name) < 1:
-                raise InvalidInput(f"Quota.{name} must be at least 1, got {getattr(self, name)}")
+            whole_number(f"Quota.{name}", getattr(self, name), 1)
 
     @property
     def memory_bytes(self) -> int:
