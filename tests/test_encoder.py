@@ -282,6 +282,7 @@ def test_cli_rejects_bad_input_in_one_line(minilm: dict[str, borda.Model], tmp_p
         (["search", encoder, "-q", "x", "--file", str(good), "--top", "0"], "--top must be >= 1"),
         (["search", encoder, "-q", "x", "--file", str(good), "--top", "-3"], "--top must be >= 1"),
         (["search", encoder, "-q", " ", "--file", str(good)], "the query is empty"),
+        (["embed", str(good), "x"], "good.txt: not a Wasm module"),  # a text file as the model
         # click's own usage errors: one line too, naming what to fix and where the help is
         (["embed", encoder, "--file", str(tmp_path / "missing.txt")], "does not exist"),
         (["search", encoder, "--file", str(good)], "Missing option '-q' / '--query'"),

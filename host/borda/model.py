@@ -38,6 +38,10 @@ def read_metadata(path: Path) -> dict[str, Any]:
             raw = wasmfile.custom_section(f, "borda.model")
     except OSError as exc:
         raise ModelFormatError(f"cannot read {path}: {exc.strerror}") from None
+    except ModelFormatError as exc:
+        raise ModelFormatError(
+            f"{path}: {exc}; a model is a .wasm file made by `borda pack`"
+        ) from None
     if raw is None:
         raise ModelFormatError(
             f"{path} has no 'borda.model' section: it is not a packed Borda model "
