@@ -4,6 +4,8 @@ with transformers' AutoModel and sentence-transformers' pooling recipe as the or
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +170,36 @@ def test_embed_options_name_what_is_wrong(
         1,
         384,
     )
+
+
+def test_model_embed_is_safe_from_many_threads(minilm: dict[str, borda.Model]) -> None:
+    texts = [sentences()[-1], *SHORT] * 4  # one over the max length: truncated
+    expected = minilm["q8_0"].embed(texts)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: minilm["q8_0"].embed(texts), range(8)))
+    for got in results:
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_a_session_used_by_two_threads_at_once_says_so(minilm: dict[str, borda.Model]) -> None:
+    session = minilm["q8_0"].session()
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with session.sandbox.exclusive():  # what a call in progress holds
+            held.set()
+            done.wait(30)
+
+    other = threading.Thread(target=hold)
+    other.start()
+    try:
+        held.wait(30)
+        with pytest.raises(borda.BordaError, match="another thread is using this sandbox"):
+            session.embed(["hi"])
+    finally:
+        done.set()
+        other.join()
+    assert session.embed(["hi"]).shape == (1, 384)  # unharmed, once the other thread is done
 
 
 @pytest.mark.parametrize("texts", [[], [""], ["fine", "   "]])

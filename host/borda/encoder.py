@@ -73,30 +73,21 @@ class EncoderSession(SandboxedSession):
         self._lengths = self._box.alloc(4 * MAX_TOKENS)
         self._out = self._box.alloc(4 * MAX_TOKENS * c["hidden_size"])
         self._box.call("borda_keep")  # I/O buffers live as long as the session
-        self._tokenizer = model.tokenizer
 
     def tokenize(self, texts: Sequence[str], truncate: bool = True) -> list[list[int]]:
         """Token ids with the model's special tokens, truncated at its max length or rejected."""
         for i, text in enumerate(texts):
             if not checked_text(text, f"text {i}").strip():
                 raise InvalidInput(f"text {i} is empty; there is nothing to embed")
-        self._tokenizer.no_truncation()
-        encodings = self._tokenizer.encode_batch(list(texts))
-        ids = [list(e.ids) for e in encodings]
+        tokenizer = self.model.truncating_tokenizer if truncate else self.model.tokenizer
+        ids = [list(e.ids) for e in tokenizer.encode_batch(list(texts))]
         too_long = [i for i, seq in enumerate(ids) if len(seq) > self.max_length]
-        if too_long and not truncate:
+        if too_long:
             i = too_long[0]
             raise InvalidInput(
                 f"text {i} has {len(ids[i])} tokens, over the model's maximum of "
                 f"{self.max_length}; shorten it or pass truncate=True"
             )
-        if too_long:
-            self._tokenizer.enable_truncation(self.max_length)
-            for i, encoding in zip(
-                too_long, self._tokenizer.encode_batch([texts[i] for i in too_long]), strict=True
-            ):
-                ids[i] = list(encoding.ids)
-            self._tokenizer.no_truncation()
         return ids
 
     def embed(
@@ -163,16 +154,17 @@ class EncoderSession(SandboxedSession):
         tokens = np.zeros((n, stride), np.int32)
         for row, seq in zip(tokens, seqs, strict=True):
             row[: len(seq)] = seq
-        self._box.memory.write(self._tokens, tokens)
-        self._box.memory.write(self._lengths, np.array([len(s) for s in seqs], np.int32))
         pooling = POOLING[self.model.config["pooling"]]
-        code = int(
-            self._box.call(
-                "borda_encode", self._tokens, 0, self._lengths, n, stride, pooling, self._out
+        with self._box.exclusive():
+            self._box.memory.write(self._tokens, tokens)
+            self._box.memory.write(self._lengths, np.array([len(s) for s in seqs], np.int32))
+            code = int(
+                self._box.call(
+                    "borda_encode", self._tokens, 0, self._lengths, n, stride, pooling, self._out
+                )
             )
-        )
-        if code != 0:
-            raise InvalidInput(
-                f"encoder runtime refused the batch: {ENCODE_ERRORS.get(code, code)}"
-            )
-        return self._box.memory.read_array(self._out, "<f4", (n, hidden))
+            if code != 0:
+                raise InvalidInput(
+                    f"encoder runtime refused the batch: {ENCODE_ERRORS.get(code, code)}"
+                )
+            return self._box.memory.read_array(self._out, "<f4", (n, hidden))

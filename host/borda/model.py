@@ -8,8 +8,10 @@ and instance with its own memory budget and deadline: decoders generate text
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +95,8 @@ class Model:
         self.sha256 = modcache.file_sha256(self.path)
         weights = self.meta["weights"]
         self.base_bytes = math.ceil(weights["end"] / PAGE) * PAGE  # runtime + weights
-        self._default_encoder: EncoderSession | None = None
+        self._idle_encoders: list[EncoderSession] = []  # Model.embed's, one per thread at most
+        self._idle_lock = threading.Lock()
         self._init_requests: dict[tuple[tuple[str, Any], ...], bytes] = {}
         tensors = self.meta["tensors"]
         self.info = ModelInfo(
@@ -133,6 +136,15 @@ class Model:
             inputs = tensors() if tensors else None
             request = self._init_requests[key] = request_message("init", args, inputs)
         return request
+
+    @cached_property
+    def truncating_tokenizer(self) -> Tokenizer:
+        """The tokenizer cut at an encoder's max length: a second instance, so that neither
+        is ever reconfigured while sessions on other threads use it."""
+        tokenizer = Tokenizer.from_str(self.meta["tokenizer"])
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(int(self.config["max_seq_length"]))
+        return tokenizer
 
     @property
     def is_encoder(self) -> bool:
@@ -183,9 +195,16 @@ class Model:
                 f"{self.path.name} is a {self.info.arch} decoder: it generates text "
                 "(`borda run`); embeddings need an encoder model such as all-MiniLM-L6-v2"
             )
-        if self._default_encoder is None or self._default_encoder.broken:
-            self._default_encoder = EncoderSession(self, None, 30.0, False)
-        return self._default_encoder.embed(texts, batch_size, normalize, truncate)
+        with self._idle_lock:
+            encoder = self._idle_encoders.pop() if self._idle_encoders else None
+        if encoder is None:
+            encoder = EncoderSession(self, None, 30.0, False)
+        try:
+            return encoder.embed(texts, batch_size, normalize, truncate)
+        finally:
+            if not encoder.broken:
+                with self._idle_lock:
+                    self._idle_encoders.append(encoder)
 
 
 def load(path: str | Path) -> Model:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +90,8 @@ def parse_size(size: int | str) -> int:
 class Sandbox:
     """One guest instance in its own Store, under `limits`.
 
-    Not thread-safe: use one Sandbox per thread (separate Sandboxes run in parallel).
+    One thread at a time: a call made while another thread is inside one of this sandbox's
+    calls raises BordaError (separate Sandboxes run in parallel).
     After a trap or timeout the sandbox is closed; open a new one to continue.
     With wasi=True a module may import WASI preview 1 (see wasi.py) and nothing else;
     without it, none of its imports are provided.
@@ -106,6 +110,7 @@ class Sandbox:
         self.name = name
         self._config = config or EngineConfig()
         self._broken: str | None = None
+        self._in_use = threading.RLock()
         if isinstance(module, bytes):
             module = load_module(module, self._config)
         facts = module_facts(module)
@@ -172,6 +177,12 @@ class Sandbox:
         self, fn: str, request: bytes
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """invoke with a request already packed by request_message (to reuse one)."""
+        with self.exclusive():
+            return self._invoke_packed(fn, request)
+
+    def _invoke_packed(
+        self, fn: str, request: bytes
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         try:
             ptr = self.alloc(len(request))
             self.memory.write(ptr, request)
@@ -256,8 +267,26 @@ class Sandbox:
     def has_export(self, export: str) -> bool:
         return self._exports.get(export) is not None
 
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold this sandbox for one unit of work (write inputs, call, read outputs); the
+        same thread may nest, another thread gets a BordaError instead of a corrupted Store."""
+        if not self._in_use.acquire(blocking=False):
+            raise BordaError(
+                f"{self.name}: another thread is using this sandbox; a sandbox (and the "
+                "session around it) serves one thread at a time: open one per thread"
+            )
+        try:
+            yield
+        finally:
+            self._in_use.release()
+
     def call(self, export: str, *args: int | float) -> Any:
         """Call an exported function under the deadline; traps become BordaErrors."""
+        with self.exclusive():
+            return self._call(export, *args)
+
+    def _call(self, export: str, *args: int | float) -> Any:
         if self._broken:
             raise BordaError(
                 f"{self.name}: sandbox is unusable after: {self._broken}; open a new one"

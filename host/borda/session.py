@@ -129,18 +129,21 @@ class Session(SandboxedSession):
         ids_array = np.asarray(ids, dtype=np.int32)
         if ids_array.min() < 0 or ids_array.max() >= vocab:
             raise InvalidInput(f"token ids must be in [0, {vocab})")
-        self._box.memory.write(self._tokens, ids_array)
-        code = int(
-            self._box.call(
-                "borda_forward", self._tokens, n, self.position, self._logits, int(all_logits)
+        with self._box.exclusive():
+            self._box.memory.write(self._tokens, ids_array)
+            code = int(
+                self._box.call(
+                    "borda_forward", self._tokens, n, self.position, self._logits, int(all_logits)
+                )
             )
-        )
-        if code != 0:
-            raise InvalidInput(f"model runtime refused the step: {FORWARD_ERRORS.get(code, code)}")
-        self.position += n
-        self.history.extend(int(i) for i in ids)
-        rows = n if all_logits else 1
-        return self._box.memory.read_array(self._logits, "<f4", (rows, vocab))
+            if code != 0:
+                raise InvalidInput(
+                    f"model runtime refused the step: {FORWARD_ERRORS.get(code, code)}"
+                )
+            self.position += n
+            self.history.extend(int(i) for i in ids)
+            rows = n if all_logits else 1
+            return self._box.memory.read_array(self._logits, "<f4", (rows, vocab))
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """Logits (len(token_ids), vocab) at every position of token_ids, from a fresh start."""
