@@ -233,6 +233,16 @@ def test_context_and_token_counts_are_checked(hf_model: tuple[str, Path]) -> Non
         model.session(deterministic="yes")
 
 
+def test_a_generation_overtaken_by_a_newer_request_stops(hf_model: tuple[str, Path]) -> None:
+    session = borda.load(packed(hf_model[1], "q8_0")).session()
+    first = session.generate_ids([1, 2, 3], max_tokens=8, stop_at_eos=False)
+    next(first)
+    alone = list(session.generate_ids([4, 5], max_tokens=3, stop_at_eos=False))
+    with pytest.raises(borda.BordaError, match="generation was overtaken: a newer request"):
+        next(first)  # it would continue from the newer request's KV cache
+    assert list(session.generate_ids([4, 5], max_tokens=3, stop_at_eos=False)) == alone
+
+
 def test_prompts_that_are_not_text_are_refused(hf_model: tuple[str, Path]) -> None:
     session = borda.load(packed(hf_model[1], "q8_0")).session()
     for prompt, message in (

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .checks import flag, whole_number
-from .errors import ContextOverflow, InvalidInput, SandboxMemoryLimit
+from .errors import BordaError, ContextOverflow, InvalidInput, SandboxMemoryLimit
 from .ropefreq import rope_inv_freq
 from .sampling import Sampler, SamplingParams
 from .sandbox import SandboxedSession, parse_size
@@ -87,6 +87,7 @@ class Session(SandboxedSession):
         self._box.call("borda_keep")  # the token and logit buffers live as long as the session
         self.position = 0
         self.history: list[int] = []
+        self.starts = 0  # fresh starts (reset) so far: a request's steps run only while current
         self.prompt_tokens = 0  # of the last generation
         self.new_tokens = 0  # sampled so far by the last generation
 
@@ -114,6 +115,7 @@ class Session(SandboxedSession):
         """Forget the conversation: the next call starts at position 0."""
         self.position = 0
         self.history = []
+        self.starts += 1
 
     def _forward_chunk(self, ids: Sequence[int], all_logits: bool) -> np.ndarray:
         n = len(ids)
@@ -224,6 +226,7 @@ class Session(SandboxedSession):
         new id. A scheduler interleaves sessions at these boundaries."""
         max_tokens = whole_number("max_tokens", max_tokens, 0)
         self.reset()
+        start_number = self.starts
         sampler = Sampler(params or SamplingParams())
         eos = set(self.model.config.get("eos_token_ids") or ()) if stop_at_eos else set()
         prompt = list(prompt_ids)
@@ -233,6 +236,7 @@ class Session(SandboxedSession):
         for start in range(0, len(prompt), MAX_BATCH):
             if start:
                 yield None
+                self._check_current(start_number)
             logits = self._forward_chunk(prompt[start : start + MAX_BATCH], False)[-1]
         for produced in range(max_tokens):
             token = sampler(logits, self.history)
@@ -241,7 +245,15 @@ class Session(SandboxedSession):
             last = produced + 1 == max_tokens or self.position >= self.max_context
             if token in eos or last:
                 return
+            self._check_current(start_number)
             logits = self._forward_chunk([token], False)[-1]
+
+    def _check_current(self, start_number: int) -> None:
+        if self.starts != start_number:
+            raise BordaError(
+                "this generation was overtaken: a newer request (or reset) started on the same "
+                "session, which runs one request at a time; open a session per conversation"
+            )
 
     def _generate(
         self,
