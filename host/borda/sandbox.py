@@ -271,20 +271,26 @@ class Sandbox:
     def exclusive(self) -> Iterator[None]:
         """Hold this sandbox for one unit of work (write inputs, call, read outputs); the
         same thread may nest, another thread gets a BordaError instead of a corrupted Store."""
-        if not self._in_use.acquire(blocking=False):
-            raise BordaError(
-                f"{self.name}: another thread is using this sandbox; a sandbox (and the "
-                "session around it) serves one thread at a time: open one per thread"
-            )
+        self._enter()
         try:
             yield
         finally:
             self._in_use.release()
 
+    def _enter(self) -> None:
+        if not self._in_use.acquire(blocking=False):
+            raise BordaError(
+                f"{self.name}: another thread is using this sandbox; a sandbox (and the "
+                "session around it) serves one thread at a time: open one per thread"
+            )
+
     def call(self, export: str, *args: int | float) -> Any:
         """Call an exported function under the deadline; traps become BordaErrors."""
-        with self.exclusive():
+        self._enter()  # exclusive(), without a generator on this hot path
+        try:
             return self._call(export, *args)
+        finally:
+            self._in_use.release()
 
     def _call(self, export: str, *args: int | float) -> Any:
         if self._broken:
