@@ -178,20 +178,15 @@ class Sandbox:
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """invoke with a request already packed by request_message (to reuse one)."""
         with self.exclusive():
-            return self._invoke_packed(fn, request)
-
-    def _invoke_packed(
-        self, fn: str, request: bytes
-    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        try:
-            ptr = self.alloc(len(request))
-            self.memory.write(ptr, request)
-            packed = int(self.call("borda_invoke", ptr, len(request)))
-            response = self._read_response(fn, packed)
-            out = read_tensors(response.get("tensors", {}), self.memory)
-        finally:
-            if not self._broken:
-                self.reset()
+            try:
+                ptr = self.alloc(len(request))
+                self.memory.write(ptr, request)
+                packed = int(self.call("borda_invoke", ptr, len(request)))
+                response = self._read_response(fn, packed)
+                out = read_tensors(response.get("tensors", {}), self.memory)
+            finally:
+                if not self._broken:
+                    self.reset()
         if response.get("ok") is not True:
             message = response.get("error", f"{fn} failed without a message")
             raise GuestError(f"{self.name}: {message}")
