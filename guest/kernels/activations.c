@@ -66,8 +66,8 @@ static inline v128_t gelu_f32x4(v128_t x) {
     v128_t ax = wasm_f32x4_abs(x);
     v128_t p = wasm_f32x4_splat(a[5]);
     for (int i = 4; i >= 0; i--)
-        p = wasm_f32x4_add(wasm_f32x4_mul(p, ax), wasm_f32x4_splat(a[i]));
-    p = wasm_f32x4_add(wasm_f32x4_mul(p, ax), wasm_f32x4_splat(1.0f));
+        p = wasm_f32x4_relaxed_madd(p, ax, wasm_f32x4_splat(a[i]));
+    p = wasm_f32x4_relaxed_madd(p, ax, wasm_f32x4_splat(1.0f));
     p = wasm_f32x4_mul(p, p);
     p = wasm_f32x4_mul(p, p);
     p = wasm_f32x4_mul(p, p);

@@ -461,8 +461,8 @@ static inline __attribute__((always_inline)) void tile_8x4(const q8_panel_block 
             v128_t d = (i ? p1 : p0)[b].d;
             for (int t = 0; t < GEMM_NT; t++) {
                 v128_t scale = wasm_f32x4_mul(d, a->dx[b][t]);
-                v128_t contrib = wasm_f32x4_mul(wasm_f32x4_convert_i32x4(acc[i][t]), scale);
-                facc[i][t] = wasm_f32x4_add(facc[i][t], contrib);
+                facc[i][t] =
+                    wasm_f32x4_relaxed_madd(wasm_f32x4_convert_i32x4(acc[i][t]), scale, facc[i][t]);
             }
         }
     }
