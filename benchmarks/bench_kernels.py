@@ -60,7 +60,7 @@ def int8_peak_wat() -> str:
     """A module whose `peak(n)` runs n x PEAK_GROUPS k-groups of the Q8_0 GEMM tile's inner
     loop and nothing else: per k-group 2 weight + 4 activation loads (always the same
     L1-resident 1.5 KB) and 8 i32x4.relaxed_dot_i8x16_i7x16_add into 8 running sums. No
-    packing, no scales, no epilogue: what no exact int8 GEMM in Wasm SIMD128 can beat on this
+    packing, no scales, no epilogue: what no GEMM built on Wasm's int8 dot can beat on this
     CPU. Shaped as gemm_q8_0.c is for Cranelift: a never-taken branch after each k-group
     (a basic block's loads are hoisted to its start) and few back-edges (they spill sums)."""
     sums = [f"$a{j}" for j in range(8)]
